@@ -1,0 +1,73 @@
+"""Gram matrices of VGG features at every pyramid level, texture targets, and the loss.
+
+A texture is described by one Gram matrix per (pyramid level, layer) pair,
+level-major: [level 0 layer a, level 0 layer b, level 1 layer a, ...].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pyramid import gaussian_pyramid
+
+JOIN_MODES = ("average", "max")
+
+
+def gram_matrix(features):
+    """Gram matrix of feature maps: (N, h, w, c) -> (N, c, c), ``F^T F / (h * w) / c``."""
+    from keras import ops
+
+    _, h, w, c = features.shape
+    flat = ops.reshape(features, (-1, h * w, c))
+    return ops.matmul(ops.transpose(flat, (0, 2, 1)), flat) / float(h * w * c)
+
+
+def multiscale_grams(images, extractor: Callable, octaves: int, padding: str) -> list:
+    """Gram matrices of every (level, layer), level-major, for caffe-space images (N, H, W, 3).
+
+    ``extractor`` maps (N, h, w, 3) to a list of feature maps, one per layer.
+    Returns a list of ``octaves * layers`` tensors of shape (N, c, c).
+    """
+    grams = []
+    for level in gaussian_pyramid(images, octaves, padding):
+        grams += [gram_matrix(features) for features in _as_list(extractor(level))]
+    return grams
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def source_targets(
+    sources: Sequence[np.ndarray], extractor: Callable, octaves: int, padding: str, join_mode: str,
+    mul: float = 1.0,
+) -> list[np.ndarray]:
+    """Target Gram matrices from caffe-space source images (each (H, W, 3), sizes may differ).
+
+    Each source gives one Gram matrix per (level, layer); several sources are
+    joined per matrix by ``join_mode`` (``average``: elementwise mean, ``max``:
+    elementwise maximum), then multiplied by ``mul``. Returns (c, c) float32 arrays.
+    """
+    if join_mode not in JOIN_MODES:
+        raise ValueError(f"unknown join mode {join_mode!r}")
+    per_source = [
+        [np.asarray(g)[0] for g in multiscale_grams(image[None].astype(np.float32), extractor, octaves, padding)]
+        for image in sources
+    ]
+    join = np.mean if join_mode == "average" else np.max
+    return [(join(np.stack(grams), axis=0) * mul).astype(np.float32) for grams in zip(*per_source, strict=True)]
+
+
+def style_loss(grams: Sequence, targets: Sequence):
+    """Sum over (level, layer, frame) of the squared differences ``sum_ij (G_ij - T_ij)^2``.
+
+    ``grams``: list of (N, c, c); ``targets``: matching list of (c, c). Returns a scalar.
+    """
+    from keras import ops
+
+    total = 0.0
+    for gram, target in zip(grams, targets, strict=True):
+        total = total + ops.sum(ops.square(gram - target))
+    return total

@@ -1,0 +1,99 @@
+"""The run directory: its name, creating it without reusing one, and atomic file writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Sequence
+
+from errors import SynthesisError
+
+
+def run_dir_name(
+    prefix: str, layers: Sequence[int], octaves: int, width: int, height: int, *,
+    source_scale: float | None = None, source_width: int | None = None, count: int = 1,
+    if_shift: float = 5.0, mul: float = 1.0, join_mode: str = "average",
+) -> str:
+    """The original's run directory name, e.g. ``out.L2,7.o4.512x512``."""
+    name = f"{prefix}.L{','.join(str(layer) for layer in layers)}.o{octaves}"
+    if source_scale is not None:
+        name += f".w{source_scale:.2}"
+    if source_width is not None:
+        name += f".w{source_width}"
+    if count > 1:
+        name += f".c{count}.ifs{if_shift}"
+    if mul != 1:
+        name += f".m{mul}"
+    if join_mode != "average":
+        name += f".j{join_mode}"
+    return name + f".{width}x{height}"
+
+
+def create_run_dir(output_dir: Path, name: str) -> Path:
+    """Create ``output_dir/name``, or ``name.0``, ``name.1``, ... : the first that is free.
+
+    An existing directory is never reused; creation is atomic (mkdir), so two
+    runs started at once get different directories.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SynthesisError(f"--output-dir {output_dir}: exists and is not a directory") from None
+    except OSError as err:
+        raise SynthesisError(f"--output-dir {output_dir}: cannot create it ({err.strerror})") from None
+    candidates = [name] + [f"{name}.{i}" for i in range(10_000)]
+    for candidate in candidates:
+        path = output_dir / candidate
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise SynthesisError(f"--output-dir {output_dir}: cannot create {path.name} ({err.strerror})") from None
+    raise SynthesisError(f"--output-dir {output_dir}: no free name for {name} (10000 runs exist)")
+
+
+def frame_file(stem: str, frame: int) -> str:
+    """``{stem}_F{frame:04d}.png``, e.g. ``final_F0000.png`` or ``Aseed_F0000.png``."""
+    return f"{stem}_F{frame:04d}.png"
+
+
+def snapshot_file(iteration: int, frame: int) -> str:
+    """``I{iteration:04d}_F{frame:04d}.png``: frame ``frame`` after ``iteration`` L-BFGS iterations."""
+    return frame_file(f"I{iteration:04d}", frame)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename it into place.
+
+    No half-written file is ever left under ``path``; failures (disk full,
+    permissions) raise SynthesisError naming the file.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise SynthesisError(f"could not write {path}: {err.strerror or err}") from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")

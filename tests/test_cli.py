@@ -1,0 +1,112 @@
+"""The command line: help, validation, and small real runs in process and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import EXAMPLE, REPO
+from synthesize import main, make_parser
+
+ORIGINAL_FLAGS = [  # long, short, default as in the original README
+    ("--output-width", "-ow", 512), ("--output-height", "-oh", None), ("--octaves", "-o", 4),
+    ("--layers", "-l", [2, 7]), ("--max-iter", "-m", 500), ("--output-prefix", "-op", "out"),
+    ("--save-every", "-n", 10), ("--source-scale", "-ss", None), ("--source-width", "-sw", None),
+    ("--padding-mode", "-p", "valid"), ("--join-mode", "-j", "average"), ("--count", "-c", 1),
+    ("--mul", None, 1.0), ("--if-weight", None, 1.0), ("--if-shift", None, 5.0), ("--if-order", None, 2),
+    ("--seed", None, "random"), ("--data-dir", "-d", "model_data"), ("--output-dir", None, "outputs"),
+    ("--tol", None, 1e-9), ("--source", "-s", None),
+]
+
+
+def test_every_original_flag_with_its_short_form_and_default():
+    parser = make_parser()
+    actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings}
+    for long, short, default in ORIGINAL_FLAGS:
+        action = actions[long]
+        if short:
+            assert short in action.option_strings
+        assert action.default == default, long
+    assert actions["--padding-mode"].choices == ("valid", "same")
+    assert actions["--join-mode"].choices == ("average", "max")
+    assert actions["--seed"].choices == ("random", "symmetric")
+    assert actions["--source"].required and actions["--source"].nargs == "+"
+    help_text = parser.format_help()
+    assert "(default: 512)" in help_text and "(default: 1e-09)" in help_text
+
+
+def small_run_args(output_dir: Path, *extra: str) -> list[str]:
+    return ["-s", str(EXAMPLE), "-ow", "96", "-o", "2", "-m", "30", "-n", "10", "--network", "vgg19",
+            "--output-dir", str(output_dir), "--random-seed", "0", *extra]
+
+
+def check_run_dir(run_dir: Path, width: int, height: int, snapshots: list[int]) -> dict:
+    assert (run_dir / "Acommand.txt").read_text().startswith("synthesize.py -s ")
+    names = ["Aseed_F0000.png", "final_F0000.png"] + [f"I{i:04d}_F0000.png" for i in snapshots]
+    for name in names:
+        with Image.open(run_dir / name) as image:
+            assert image.format == "PNG" and image.mode == "RGB" and image.size == (width, height), name
+    record = json.loads((run_dir / "run.json").read_text())
+    for key in ("network", "backend", "args", "iterations", "initial_loss", "final_loss", "seconds",
+                "loss_history"):
+        assert key in record, key
+    assert record["network"] == "vgg19" and record["backend"] == "tensorflow"
+    assert len(record["loss_history"]) == record["iterations"]
+    assert not list(run_dir.glob("*.tmp"))
+    return record
+
+
+def test_small_real_run_in_process(tmp_path, capsys):
+    assert main(small_run_args(tmp_path, "-oh", "80")) == 0
+    run_dir = tmp_path / "out.L2,7.o2.96x80"
+    record = check_run_dir(run_dir, 96, 80, [10, 20, 30])
+    assert record["iterations"] == 30
+    assert record["final_loss"] < 0.1 * record["initial_loss"]
+    assert record["args"]["output_height"] == 80
+    assert str(run_dir) in capsys.readouterr().out  # the summary line names the directory
+
+
+def test_small_real_run_as_subprocess_never_reuses_a_directory(tmp_path):
+    (tmp_path / "out.L2,7.o2.96x96").mkdir()  # a run that exists already
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "synthesize.py"), *small_run_args(tmp_path, "-m", "20")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "out.L2,7.o2.96x96.0"
+    record = check_run_dir(run_dir, 96, 96, [10, 20])
+    assert record["final_loss"] < 0.1 * record["initial_loss"]
+    assert list((tmp_path / "out.L2,7.o2.96x96").iterdir()) == []  # untouched
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-s", "x.png", "-ss", "0.5", "-sw", "100"], "mutually exclusive"),
+    (["-s", "x.png", "-ow", "0"], "--output-width 0"),
+    (["-s", "x.png", "-l", "2", "2"], "repeated"),
+    (["-s", "x.png", "-l", "40"], "--layers 40"),
+    (["-s", "x.png", "--mul", "nan"], "--mul nan"),
+])
+def test_usage_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_source_is_one_line_exit_1(tmp_path, capsys):
+    assert main(["-s", str(tmp_path / "nope.jpg"), "--output-dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"synthesize.py: error: --source {tmp_path / 'nope.jpg'}: no such file or directory"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_too_small_for_octaves_names_the_minimum(tmp_path, capsys):
+    assert main(small_run_args(tmp_path, "-o", "3")) == 2
+    err = capsys.readouterr().err
+    assert "need at least 137x137" in err and "--octaves" in err
