@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import scipy.optimize
 
+LOSS_UNIT = 1e4  # the optimiser sees the loss scaled so that the starting loss is this
 ValueAndGrad = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 
@@ -57,11 +58,11 @@ def lbfgs(
     """
     progress = progress if progress is not None else Progress()
     shape = x0.shape
-    loss0, _ = value_and_grad(x0.astype(np.float32))
+    progress.best_x = x0.astype(np.float32)
+    loss0, _ = value_and_grad(progress.best_x)
+    progress.initial_loss = loss0
     if not math.isfinite(loss0):
         raise NonFiniteLoss(f"the starting loss is {loss0}")
-    progress.initial_loss = loss0
-    progress.best_x = x0.astype(np.float32)
     scale = LOSS_UNIT / loss0 if loss0 > 0 else 1.0
 
     def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
@@ -83,5 +84,3 @@ def lbfgs(
     progress.stop_reason = str(result.message)
     return progress
 
-
-LOSS_UNIT = 1e4  # the optimiser sees the loss scaled so that the starting loss is this

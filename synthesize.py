@@ -12,8 +12,11 @@ import argparse
 import json
 import math
 import os
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -93,6 +96,8 @@ def make_parser() -> argparse.ArgumentParser:
     anim.add_argument("--if-order", type=int, default=2, help="How many frames should we 'tie' together?")
 
     misc = parser.add_argument_group("other")
+    misc.add_argument("--force", action="store_true",
+                      help="Run even when the estimated memory need exceeds the available memory")
     misc.add_argument("--debug", action="store_true", help="Show a traceback on errors")
     return parser
 
@@ -185,6 +190,83 @@ def check_size(what: str, height: int, width: int, network: str, layers, octaves
 
 
 # ----------------------------------------------------------------------------
+# Memory
+
+# Calibrated on this project's machine (TensorFlow 2.21, CPU): peak RSS 1.30 GiB at 512x512 and
+# 2.93 GiB at 1024x1024 (4 octaves, layers 2 7); this estimate gives 1.5 and 3.4 GiB.
+BYTES_PER_ACTIVATION = 2 * 4  # a float32 activation kept for the backward pass, and its gradient
+BASE_MEMORY = 0.9 * 2**30  # TensorFlow, the weights and the rest of the process, in bytes
+
+
+def estimated_memory(network: str, layers, octaves: int, padding: str, height: int, width: int,
+                     count: int) -> float:
+    """Bytes one loss-and-gradient evaluation needs: activations of every level and frame."""
+    from pyramid import level_sizes
+    from vgg16 import activation_floats, layer_names
+
+    deepest = max(layers, key=layer_names(network).index)
+    floats = sum(activation_floats(network, deepest, h, w, padding)
+                 for h, w in level_sizes(height, width, octaves, padding))
+    return BASE_MEMORY + count * floats * BYTES_PER_ACTIVATION
+
+
+def available_memory() -> float | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(need: float, force: bool) -> None:
+    available = available_memory()
+    if available is not None and need > available and not force:
+        raise UsageError(
+            f"the output size needs about {need / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB "
+            "is available; lower --output-width/--output-height, --octaves or --count, or pass --force"
+        )
+
+
+# ----------------------------------------------------------------------------
+# Interruption
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; like KeyboardInterrupt, not caught by ``except Exception``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_status = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """While the body runs, the first SIGINT or SIGTERM raises Interrupted; later ones are ignored,
+    so that saving the result after the first one is not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------
 # The run
 
 
@@ -245,6 +327,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
                    args.padding_mode,
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode same")
 
+    check_memory(estimated_memory(network, layers, args.octaves, args.padding_mode, height, width, args.count),
+                 args.force)
+
     seed = args.random_seed if args.random_seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
 
@@ -292,7 +377,14 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
         progress.stop_reason = f"{err}; kept the last finite iterate"
+        log(f"stopped: {progress.stop_reason}")
         exit_status = 1
+    except Interrupted as interrupt:
+        record["status"] = "interrupted"
+        record["interrupted_at_iteration"] = progress.iterations
+        progress.stop_reason = f"interrupted by {interrupt} after {progress.iterations} iterations"
+        log(f"{progress.stop_reason}; saving the current image")
+        exit_status = interrupt.exit_status
     save_frames(lambda f: frame_file("final", f), progress.best_x)
     record.update({
         "iterations": progress.iterations, "evaluations": progress.evaluations,
@@ -305,7 +397,12 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage error)."""
+    """Run the command line; returns the exit status.
+
+    0 success; 1 failure (unreadable file, missing weights, non-finite loss, any
+    unexpected error); 2 bad options; 130/143 interrupted by SIGINT/SIGTERM
+    (after saving the current image).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(argv)
@@ -313,15 +410,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     log = Log()
     try:
-        record = run(args, argv, log)
-    except SynthesisError as err:
+        with signals_interrupt():
+            record = run(args, argv, log)
+    except Interrupted as interrupt:
+        print(f"synthesize.py: interrupted by {interrupt} before the optimisation started; nothing saved",
+              file=sys.stderr)
+        return interrupt.exit_status
+    except Exception as err:
         if args.debug:
             raise
-        print(f"synthesize.py: error: {err}", file=sys.stderr)
-        return err.exit_status
+        if isinstance(err, SynthesisError):
+            print(f"synthesize.py: error: {err}", file=sys.stderr)
+            return err.exit_status
+        print(f"synthesize.py: error: unexpected {type(err).__name__}: {_first_line(err)} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
     print(f"{record['status']}: {record['iterations']} iterations, loss {record['initial_loss']:.4g} -> "
           f"{record['final_loss']:.4g} in {record['seconds']:.1f} s; wrote {record['output_dir']}")
     return record["exit_status"]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 if __name__ == "__main__":

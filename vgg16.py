@@ -129,6 +129,18 @@ def layer_sizes(network: str, deepest: str, height: int, width: int, padding: st
     raise ValueError(f"unknown layer {deepest!r}")
 
 
+def layer_channels(network: str) -> list[int]:
+    """Number of channels of every layer of ``network``, in ``layer_names`` order."""
+    return [(64, 128, 256, 512, 512)[int(name[5]) - 1] for name in layer_names(network)]
+
+
+def activation_floats(network: str, deepest: str, height: int, width: int, padding: str) -> int:
+    """Floats in all activations from the input down to ``deepest`` for one height x width image."""
+    sizes = layer_sizes(network, deepest, height, width, padding)
+    channels = layer_channels(network)
+    return height * width * 3 + sum(h * w * c for (h, w), c in zip(sizes, channels))
+
+
 def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padding: str):
     """A Keras model from caffe-space images (N, H, W, 3) to the named layers' activations.
 
