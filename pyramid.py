@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from padding import EXPLICIT_MODES, filter_padding, pad2d, shrinks
+
 BURT_ADELSON_A = 0.4  # shape parameter a of the generating kernel (0.4: close to a Gaussian)
 KERNEL_TAPS = 5  # length of the generating kernel
 
@@ -19,12 +21,11 @@ def generating_kernel(a: float = BURT_ADELSON_A) -> np.ndarray:
 
 
 def reduced_size(n: int, padding: str) -> int:
-    """Side length after one ``reduce``: valid: floor((n - 5) / 2) + 1; same: ceil(n / 2)."""
-    if padding == "valid":
+    """Side length after one ``reduce``: valid: floor((n - 5) / 2) + 1; other modes: ceil(n / 2)."""
+    filter_padding(padding)  # rejects unknown modes
+    if shrinks(padding):
         return (n - KERNEL_TAPS) // 2 + 1
-    if padding == "same":
-        return -(-n // 2)
-    raise ValueError(f"unknown padding {padding!r}")
+    return -(-n // 2)
 
 
 def level_sizes(height: int, width: int, octaves: int, padding: str) -> list[tuple[int, int]]:
@@ -48,7 +49,9 @@ def reduce(images, padding: str):
     k = generating_kernel()
     kernel = np.outer(k, k)[:, :, None, None] * np.ones((1, 1, channels, 1), np.float32)
     kernel = ops.cast(kernel, images.dtype)
-    return ops.depthwise_conv(images, kernel, strides=2, padding=padding)
+    if padding in EXPLICIT_MODES:
+        images = pad2d(images, KERNEL_TAPS // 2, padding)
+    return ops.depthwise_conv(images, kernel, strides=2, padding=filter_padding(padding))
 
 
 def gaussian_pyramid(images, octaves: int, padding: str) -> list:

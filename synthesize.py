@@ -26,8 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 from errors import SynthesisError, UsageError  # noqa: E402
 
 NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
-PADDING_MODES = ("valid", "same")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
+VALID_MARGIN = 8  # hidden border (px per side) optimised and cropped away with valid padding
+MAX_MARGIN = 256  # larger --margin values are refused
 
 
 # ----------------------------------------------------------------------------
@@ -36,6 +37,7 @@ MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
 
 def make_parser() -> argparse.ArgumentParser:
     from gram import JOIN_MODES
+    from padding import PADDING_MODES
     from seeds import SEED_MODES
 
     parser = argparse.ArgumentParser(
@@ -63,6 +65,10 @@ def make_parser() -> argparse.ArgumentParser:
     output.add_argument("--output-prefix", "-op", default="out", help="Prefix to append to output directory")
     output.add_argument("--save-every", "-n", type=int, default=10,
                         help="Save an in-progress optimization image every SAVE_EVERY iterations")
+    output.add_argument("--margin", type=int, default=None,
+                        help=f"Hidden border, in pixels per side, optimised around the image and cropped "
+                        f"away so that the border is as detailed as the middle (default: {VALID_MARGIN} "
+                        "with --padding-mode valid, 0 otherwise; 0 for the original's behaviour)")
 
     network = parser.add_argument_group("network")
     network.add_argument("--network", choices=NETWORK_CHOICES, default="auto",
@@ -75,7 +81,9 @@ def make_parser() -> argparse.ArgumentParser:
     network.add_argument("--octaves", "-o", type=int, default=4,
                          help='Number of octaves (where 1 means "Consider only 1 scale")')
     network.add_argument("--padding-mode", "-p", choices=PADDING_MODES, default="valid",
-                         help="What boundary condition to use for convolutions, pooling and the pyramid")
+                         help="What boundary condition to use for convolutions, pooling and the pyramid: "
+                         "valid (none; each level must be large enough), same (zeros), reflect (mirror; "
+                         "cleanest borders, no size limit)")
     network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
 
     optim = parser.add_argument_group("optimisation")
@@ -83,7 +91,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="Maximum iterations for the L-BFGS-B optimizer")
     optim.add_argument("--tol", type=float, default=1e-9,
                        help="Gradient scale at which to terminate optimization (scipy's tol)")
-    optim.add_argument("--seed", choices=SEED_MODES, default="random", help="How to seed the optimization")
+    optim.add_argument("--seed", choices=SEED_MODES, default="random",
+                       help="How to seed the optimization: random (noise with the source's mean colour and "
+                       "contrast), dark (the original's dark noise), symmetric (smooth mirror-symmetric grey)")
     optim.add_argument("--random-seed", type=int, default=None,
                        help="Seed of the random number generator, to repeat a run (default: drawn "
                        "and recorded in run.json)")
@@ -130,6 +140,9 @@ def validate(args: argparse.Namespace) -> None:
     _require(args.max_iter >= 1, f"--max-iter {args.max_iter}: must be at least 1")
     _require(args.save_every >= 1, f"--save-every {args.save_every}: must be at least 1")
     _require(args.count >= 1, f"--count {args.count}: must be at least 1")
+    if args.margin is None:
+        args.margin = VALID_MARGIN if args.padding_mode == "valid" else 0
+    _require(0 <= args.margin <= MAX_MARGIN, f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
     for flag, value in (("--mul", args.mul), ("--tol", args.tol), ("--if-weight", args.if_weight),
                         ("--if-shift", args.if_shift)):
         _require(math.isfinite(value), f"{flag} {value}: must be a finite number")
@@ -179,13 +192,15 @@ def _side_fits(n: int, network: str, layers: Sequence[str], octaves: int, paddin
 
 
 def check_size(what: str, height: int, width: int, network: str, layers, octaves: int, padding: str,
-               remedy: str) -> None:
-    """Raise UsageError when a height x width image is too small for the octaves and layers."""
-    need = minimum_side(network, layers, octaves, padding)
+               remedy: str, margin: int = 0) -> None:
+    """Raise UsageError when a height x width image (plus ``margin`` per side) is too small
+    for the octaves and layers."""
+    need = minimum_side(network, layers, octaves, padding) - 2 * margin
     if min(height, width) < need:
+        hidden = f" (plus the hidden --margin {margin} per side)" if margin else ""
         raise UsageError(
             f"{what} is {width}x{height} but --octaves {octaves} with these --layers and "
-            f"--padding-mode {padding} need at least {need}x{need}; {remedy}"
+            f"--padding-mode {padding} need at least {need}x{need}{hidden}; {remedy}"
         )
 
 
@@ -311,6 +326,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
     started = time.monotonic()
     autodiff.init_backend(verbose=args.debug)
     width, height = args.output_width, args.output_height
+    margin = args.margin
+    canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     sources = load_sources(args)
 
     loaded = load_network_weights(args.network, Path(args.data_dir), log=log)
@@ -320,28 +337,29 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
         if layer >= len(names):
             raise UsageError(f"--layers {layer}: out of range for {network} (0..{len(names) - 1})")
     layers = [layer_name(network, layer) for layer in args.layers]
-    check_size("the output (--output-width/--output-height)", height, width, network, layers,
-               args.octaves, args.padding_mode, "make the output larger or lower --octaves")
+    check_size("the output (--output-width/--output-height)", height, width, network, layers, args.octaves,
+               args.padding_mode, "make the output larger, lower --octaves, or use --padding-mode reflect",
+               margin)
     for path, rgb in sources:
         check_size(f"--source {path}", rgb.shape[0], rgb.shape[1], network, layers, args.octaves,
                    args.padding_mode,
-                   "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode same")
+                   "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
-    check_memory(estimated_memory(network, layers, args.octaves, args.padding_mode, height, width, args.count),
-                 args.force)
+    check_memory(estimated_memory(network, layers, args.octaves, args.padding_mode, canvas_height,
+                                  canvas_width, args.count), args.force)
 
     seed = args.random_seed if args.random_seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
 
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
-    targets = source_targets([preprocess(rgb) for _, rgb in sources], extractor, args.octaves,
-                             args.padding_mode, args.join_mode, args.mul)
+    caffe_sources = [preprocess(rgb) for _, rgb in sources]
+    targets = source_targets(caffe_sources, extractor, args.octaves, args.padding_mode, args.join_mode, args.mul)
 
     def loss_fn(x):
         return style_loss(multiscale_grams(x, extractor, args.octaves, args.padding_mode), targets)
 
-    value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, height, width, 3))
-    x0 = starting_images(args.seed, rng, args.count, height, width)
+    value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, canvas_height, canvas_width, 3))
+    x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
 
     run_dir = create_run_dir(Path(args.output_dir), run_dir_name(
         args.output_prefix, args.layers, args.octaves, width, height, source_scale=args.source_scale,
@@ -350,7 +368,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
     write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
 
     def save_frames(stem_of_frame, x) -> None:
-        for frame, image in enumerate(deprocess(x)):
+        visible = x[:, margin:margin + height, margin:margin + width]
+        for frame, image in enumerate(deprocess(visible)):
             save_png(run_dir / stem_of_frame(frame), image)
 
     save_frames(lambda f: frame_file("Aseed", f), x0)

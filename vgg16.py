@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from errors import SynthesisError
+from padding import EXPLICIT_MODES, filter_padding, make_pad_layer, shrinks
 
 NETWORKS = ("vgg16", "vgg19")
 CONVS_PER_BLOCK = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -96,9 +97,9 @@ def deprocess(x: np.ndarray) -> np.ndarray:
 def receptive_margin(network: str, deepest: str, padding: str) -> int:
     """Pixels lost on each side of the input down to layer ``deepest`` with valid padding.
 
-    With ``same`` padding no pixels are lost and the result is 0.
+    In the padding modes that keep sizes no pixels are lost and the result is 0.
     """
-    if padding == "same":
+    if not shrinks(padding):
         return 0
     margin, scale = 0, 1
     for name in layer_names(network):
@@ -117,9 +118,9 @@ def layer_sizes(network: str, deepest: str, height: int, width: int, padding: st
     h, w = height, width
     for name in layer_names(network):
         if "_conv" in name:
-            if padding == "valid":
+            if shrinks(padding):
                 h, w = h - 2, w - 2
-        elif padding == "valid":
+        elif shrinks(padding):
             h, w = (h - 2) // 2 + 1, (w - 2) // 2 + 1
         else:
             h, w = -(-h // 2), -(-w // 2)
@@ -146,9 +147,10 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
 
     Only the layers up to the deepest requested one are built. Pooling is 2x2
     average pooling with stride 2 (better for synthesis than max pooling, as
-    Gatys et al. recommend); every conv is followed by ReLU. ``padding`` is
-    ``valid`` or ``same`` and applies to convs and pools alike. The model's
-    outputs are a list in the order of ``outputs``.
+    Gatys et al. recommend); every conv is followed by ReLU. ``padding`` is a
+    mode of ``padding.py`` and applies to convs and pools alike (pools pad, if
+    at all, at the bottom/right edge and average only real pixels). The
+    model's outputs are a list in the order of ``outputs``.
     """
     import keras
 
@@ -160,13 +162,16 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
     for name in names[: deepest + 1]:
         if "_conv" in name:
             kernel, bias = weights[name]
+            if padding in EXPLICIT_MODES:
+                x = make_pad_layer(1, padding, name=f"{name}_pad")(x)
             layer = keras.layers.Conv2D(
-                kernel.shape[-1], 3, padding=padding, activation="relu", name=name
+                kernel.shape[-1], 3, padding=filter_padding(padding), activation="relu", name=name
             )
             x = layer(x)
             layer.set_weights([kernel, bias])
         else:
-            x = keras.layers.AveragePooling2D(2, 2, padding=padding, name=name)(x)
+            pool_padding = "valid" if shrinks(padding) else "same"
+            x = keras.layers.AveragePooling2D(2, 2, padding=pool_padding, name=name)(x)
         found[name] = x
     model = keras.Model(inputs, [found[name] for name in outputs], name=f"{network}_features")
     model.trainable = False

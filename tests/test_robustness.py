@@ -141,7 +141,7 @@ def test_source_too_small_names_minimum_and_flags(tmp_path, capsys):
     status, err = run_cli(capsys, ["-s", str(tmp_path / "small.png"), *SMALL, "--output-dir", str(tmp_path / "o")])
     assert status == 2 and len(err) == 1
     assert "is 60x50" in err[0] and "at least 67x67" in err[0]
-    for flag in ("--octaves", "--source-width", "--padding-mode same"):
+    for flag in ("--octaves", "--source-width", "--padding-mode reflect"):
         assert flag in err[0]
 
 

@@ -1,0 +1,35 @@
+"""Image measurements that judge a result beyond its loss: frames at the border, seams."""
+
+from __future__ import annotations
+
+import numpy as np
+
+LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luminance weights of R, G, B
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3), any range -> luminance (H, W), float64, same range."""
+    return np.asarray(rgb, dtype=np.float64) @ LUMA
+
+
+def border_distance(height: int, width: int) -> np.ndarray:
+    """(H, W) int array: each pixel's distance in pixels to the nearest image edge (0 at the edge)."""
+    rows = np.minimum(np.arange(height), np.arange(height)[::-1])
+    cols = np.minimum(np.arange(width), np.arange(width)[::-1])
+    return np.minimum(rows[:, None], cols[None, :])
+
+
+def frame_ratios(rgb: np.ndarray, band: int) -> tuple[float, float]:
+    """(luminance ratio, contrast ratio) of the outer ``band`` pixels against the interior.
+
+    The interior is the central half of the image (pixels at least a quarter of
+    the smaller side away from every edge). Luminance ratio: mean luminance of
+    the band / mean of the interior (1 = no dark or light frame). Contrast
+    ratio: standard deviation of luminance in the band / in the interior
+    (1 = the border is as detailed as the middle; a blurred rim gives less).
+    """
+    y = luminance(rgb)
+    distance = border_distance(*y.shape)
+    outer = y[distance < band]
+    inner = y[distance >= min(y.shape) // 4]
+    return float(outer.mean() / inner.mean()), float(outer.std() / inner.std())
