@@ -18,8 +18,9 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
@@ -311,19 +312,29 @@ def load_sources(args: argparse.Namespace) -> list:
     return sources
 
 
-def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
-    """Synthesise as ``args`` say; returns the run record also written as run.json."""
+@dataclass
+class Problem:
+    """Everything the optimisation needs, prepared and checked before any file is written."""
+
+    network: str
+    weights_source: str  # where the weights came from
+    layers: list[str]  # layer names, in --layers order
+    sources: list  # (path, RGB uint8 (H, W, 3)) after resizing
+    value_and_grad: Callable  # float32 (count, H + 2m, W + 2m, 3) -> (loss, gradient)
+    x0: object  # the starting canvas, float32 (count, H + 2m, W + 2m, 3), caffe space
+    margin: int  # hidden border, pixels per side, cropped away when saving
+    random_seed: int
+
+
+def prepare(args: argparse.Namespace, log: Log) -> Problem:
+    """Load sources and weights, check sizes and memory, compute targets, compile the loss."""
     import numpy as np
 
     import autodiff
     from gram import multiscale_grams, source_targets, style_loss
-    from images import save_png
-    from optimize import NonFiniteLoss, Progress, lbfgs
-    from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
     from seeds import starting_images
-    from vgg16 import build_extractor, deprocess, layer_name, layer_names, load_network_weights, preprocess
+    from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, preprocess
 
-    started = time.monotonic()
     autodiff.init_backend(verbose=args.debug)
     width, height = args.output_width, args.output_height
     margin = args.margin
@@ -360,6 +371,21 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
 
     value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, canvas_height, canvas_width, 3))
     x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
+    return Problem(network, loaded.source, layers, sources, value_and_grad, x0, margin, seed)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
+    """Synthesise as ``args`` say; returns the run record also written as run.json."""
+    import autodiff
+    from images import save_png
+    from optimize import NonFiniteLoss, Progress, lbfgs
+    from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
+    from vgg16 import deprocess
+
+    started = time.monotonic()
+    problem = prepare(args, log)
+    width, height, margin = args.output_width, args.output_height, problem.margin
+    value_and_grad, x0 = problem.value_and_grad, problem.x0
 
     run_dir = create_run_dir(Path(args.output_dir), run_dir_name(
         args.output_prefix, args.layers, args.octaves, width, height, source_scale=args.source_scale,
@@ -374,9 +400,10 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
 
     save_frames(lambda f: frame_file("Aseed", f), x0)
     record = {
-        "status": "running", "network": network, "weights": loaded.source,
-        "backend": autodiff.backend_name(), "layers": layers, "random_seed": seed,
-        "args": {**vars(args)}, "command": ["synthesize.py", *argv], "sources": [str(p) for p, _ in sources],
+        "status": "running", "network": problem.network, "weights": problem.weights_source,
+        "backend": autodiff.backend_name(), "layers": problem.layers, "random_seed": problem.random_seed,
+        "args": {**vars(args)}, "command": ["synthesize.py", *argv],
+        "sources": [str(p) for p, _ in problem.sources],
         "output_dir": str(run_dir),
     }
 
