@@ -66,12 +66,14 @@ def backend_name() -> str:
     return keras.backend.backend()
 
 
-def make_value_and_grad(loss_fn: Callable, shape: tuple[int, ...]) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
-    """Compile ``loss_fn`` (float32 tensor of ``shape`` -> scalar) with its gradient.
+def make_value_and_grad(loss_fn: Callable, shape: tuple[int, ...]) -> Callable:
+    """Compile ``loss_fn`` with its gradient.
 
-    Returns ``f(x) -> (loss, grad)`` taking a float32 numpy array of ``shape``
-    and giving a Python float and a float32 array of ``shape``. The function is
-    traced once for the fixed shape and never retraced.
+    ``loss_fn`` maps a float32 tensor of ``shape`` to ``(loss, aux)``: a scalar
+    and a small tensor of extra values to report (e.g. the loss per octave).
+    Returns ``f(x) -> (loss, grad, aux)`` taking a float32 numpy array of
+    ``shape`` and giving a Python float, a float32 array of ``shape`` and aux
+    as a numpy array. Traced once for the fixed shape, never retraced.
     """
     backend = backend_name()
     if backend != "tensorflow":
@@ -85,11 +87,22 @@ def make_value_and_grad(loss_fn: Callable, shape: tuple[int, ...]) -> Callable[[
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = loss_fn(x)
-        return loss, tape.gradient(loss, x)
+            loss, aux = loss_fn(x)
+        return loss, tape.gradient(loss, x), aux
 
-    def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, grad = step(tf.constant(x, dtype=tf.float32))
-        return float(loss.numpy()), grad.numpy()
+    def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        loss, grad, aux = step(tf.constant(x, dtype=tf.float32))
+        return float(loss.numpy()), grad.numpy(), aux.numpy()
 
     return value_and_grad
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed the backend and ask it for deterministic kernels, so a run repeats bit for bit."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if backend_name() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()

@@ -60,14 +60,42 @@ def source_targets(
     return [(join(np.stack(grams), axis=0) * mul).astype(np.float32) for grams in zip(*per_source, strict=True)]
 
 
-def style_loss(grams: Sequence, targets: Sequence):
-    """Sum over (level, layer, frame) of the squared differences ``sum_ij (G_ij - T_ij)^2``.
+def style_terms(grams: Sequence, targets: Sequence) -> list:
+    """One loss term per (level, layer): ``sum over frames, i, j of (G_ij - T_ij)^2``.
 
-    ``grams``: list of (N, c, c); ``targets``: matching list of (c, c). Returns a scalar.
+    ``grams``: list of (N, c, c); ``targets``: matching list of (c, c). Returns scalars.
     """
     from keras import ops
 
+    return [ops.sum(ops.square(gram - target)) for gram, target in zip(grams, targets, strict=True)]
+
+
+def term_weights(octave_weights: Sequence[float], layer_weights: Sequence[float]) -> list[float]:
+    """Weight of each (level, layer) term, level-major: ``octave_weights[l] * layer_weights[k]``."""
+    return [float(w_o) * float(w_l) for w_o in octave_weights for w_l in layer_weights]
+
+
+def style_loss(grams: Sequence, targets: Sequence, weights: Sequence[float] | None = None):
+    """Weighted sum of ``style_terms`` (all weights 1 by default): the texture loss, a scalar."""
+    terms = style_terms(grams, targets)
+    weights = [1.0] * len(terms) if weights is None else weights
     total = 0.0
-    for gram, target in zip(grams, targets, strict=True):
-        total = total + ops.sum(ops.square(gram - target))
+    for weight, term in zip(weights, terms, strict=True):
+        total = total + weight * term
     return total
+
+
+def loss_per_level(grams: Sequence, targets: Sequence, weights: Sequence[float], levels: int):
+    """The weighted loss split by pyramid level: (total scalar, (levels,) tensor)."""
+    from keras import ops
+
+    weighted = [w * t for w, t in zip(weights, style_terms(grams, targets), strict=True)]
+    per_level = ops.stack([ops.sum(ops.stack(chunk)) for chunk in _chunks(weighted, levels)])
+    return ops.sum(per_level), per_level
+
+
+def _chunks(items: list, parts: int) -> list[list]:
+    size, rest = divmod(len(items), parts)
+    if rest:
+        raise ValueError(f"{len(items)} terms do not split into {parts} levels")
+    return [items[i * size:(i + 1) * size] for i in range(parts)]

@@ -55,12 +55,12 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def load_rgb(path: Path) -> np.ndarray:
+def load_rgb(path: Path, flag: str = "--source") -> np.ndarray:
     """Read an image file as RGB uint8, shape (H, W, 3).
 
     EXIF orientation is applied; animated images give their first frame;
     grayscale, palette, CMYK and 16-bit images are converted; transparency is
-    composited onto white. Unreadable files raise SynthesisError.
+    composited onto white. Unreadable files raise SynthesisError naming ``flag``.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -71,11 +71,11 @@ def load_rgb(path: Path) -> np.ndarray:
             image = ImageOps.exif_transpose(image)
             rgb = np.asarray(_to_rgb(image), dtype=np.uint8)
     except UnidentifiedImageError:
-        raise SynthesisError(f"--source {path}: not an image Pillow can read") from None
+        raise SynthesisError(f"{flag} {path}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise SynthesisError(f"--source {path}: unreadable or damaged image ({err})") from None
+        raise SynthesisError(f"{flag} {path}: unreadable or damaged image ({err})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise SynthesisError(f"--source {path}: empty image")
+        raise SynthesisError(f"{flag} {path}: empty image")
     return rgb
 
 

@@ -15,15 +15,19 @@ SYMMETRIC_NOISE = 2.0  # standard deviation of the fresh noise added on top
 
 
 def colour_noise_start(rng: np.random.Generator, count: int, height: int, width: int,
-                       mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """I.i.d. noise with the source's per-channel mean and standard deviation. Shape (count, H, W, 3).
+                       pixels: np.ndarray) -> np.ndarray:
+    """I.i.d. noise with the colour mean and covariance of ``pixels``. Shape (count, H, W, 3).
 
-    ``mean`` and ``std``: (3,) in caffe space (BGR). Unlike the dark start, the
-    border pixels then start at the texture's own brightness, so the few
-    constraints they get are not fighting a dark start: no dark frame.
+    ``pixels``: (n, 3) caffe-space source pixels. The noise has the source's
+    brightness, contrast and colour balance (a grey source gives grey noise), so
+    the border pixels, which get few constraints, start like the texture and
+    not dark: no dark frame.
     """
+    mean = pixels.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(pixels, rowvar=False))
+    mix = eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))  # mix @ mix.T == covariance
     noise = rng.standard_normal((count, height, width, 3), dtype=np.float32)
-    return (noise * np.asarray(std, np.float32) + np.asarray(mean, np.float32)).astype(np.float32)
+    return (noise @ mix.T.astype(np.float32) + mean.astype(np.float32)).astype(np.float32)
 
 
 def dark_start(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
@@ -46,16 +50,25 @@ def symmetric_start(rng: np.random.Generator, count: int, height: int, width: in
     return (blurred * SYMMETRIC_GAIN + SYMMETRIC_NOISE * fresh).astype(np.float32)
 
 
+def image_start(image: np.ndarray, count: int, margin: int) -> np.ndarray:
+    """Start from a given caffe-space image (H, W, 3): every frame, the hidden margin mirrored.
+
+    Returns (count, H + 2 margin, W + 2 margin, 3) float32.
+    """
+    padded = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect") if margin else image
+    return np.repeat(padded[None].astype(np.float32), count, axis=0)
+
+
 def starting_images(mode: str, rng: np.random.Generator, count: int, height: int, width: int,
                     sources: list[np.ndarray]) -> np.ndarray:
     """The ``--seed`` start of the given mode, shape (count, H, W, 3), caffe space.
 
-    ``sources``: the caffe-space source images (H, W, 3); ``random`` takes their
-    pooled per-channel mean and standard deviation.
+    ``sources``: the caffe-space source images (H, W, 3); ``random`` takes the
+    colour statistics of all their pixels.
     """
     if mode == "random":
-        pixels = np.concatenate([s.reshape(-1, 3) for s in sources])
-        return colour_noise_start(rng, count, height, width, pixels.mean(axis=0), pixels.std(axis=0))
+        pixels = np.concatenate([s.reshape(-1, 3) for s in sources]).astype(np.float64)
+        return colour_noise_start(rng, count, height, width, pixels)
     if mode == "dark":
         return dark_start(rng, count, height, width)
     if mode == "symmetric":

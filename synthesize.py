@@ -86,6 +86,10 @@ def make_parser() -> argparse.ArgumentParser:
                          "valid (none; each level must be large enough), same (zeros), reflect (mirror; "
                          "cleanest borders, no size limit)")
     network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
+    network.add_argument("--octave-weights", type=float, nargs="+", default=None, metavar="W",
+                         help="Weight of each octave's loss terms, finest first, one per octave (default: all 1)")
+    network.add_argument("--layer-weights", type=float, nargs="+", default=None, metavar="W",
+                         help="Weight of each layer's loss terms, in --layers order (default: all 1)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max-iter", "-m", type=int, default=500,
@@ -96,8 +100,15 @@ def make_parser() -> argparse.ArgumentParser:
                        help="How to seed the optimization: random (noise with the source's mean colour and "
                        "contrast), dark (the original's dark noise), symmetric (smooth mirror-symmetric grey)")
     optim.add_argument("--random-seed", type=int, default=None,
-                       help="Seed of the random number generator, to repeat a run (default: drawn "
-                       "and recorded in run.json)")
+                       help="Seed of the random number generators; the same command with the same seed "
+                       "gives the same images on the same machine (default: drawn, printed and recorded "
+                       "in run.json)")
+    optim.add_argument("--init-image", default=None, metavar="PATH",
+                       help="Start from this image (resized to the output size) instead of --seed noise")
+    optim.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="Continue an earlier (possibly interrupted) run from its last saved image, "
+                       "with the options in its run.json, into a new run directory; options given "
+                       "after it override the recorded ones (e.g. a larger --max-iter)")
 
     anim = parser.add_argument_group("animation")
     anim.add_argument("--count", "-c", type=int, default=1, help="How many images to generate simultaneously")
@@ -107,16 +118,22 @@ def make_parser() -> argparse.ArgumentParser:
     anim.add_argument("--if-order", type=int, default=2, help="How many frames should we 'tie' together?")
 
     misc = parser.add_argument_group("other")
+    misc.add_argument("--quiet", "-q", action="store_true",
+                      help="Print only errors and the final summary line")
     misc.add_argument("--force", action="store_true",
                       help="Run even when the estimated memory need exceeds the available memory")
     misc.add_argument("--debug", action="store_true", help="Show a traceback on errors")
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate the command line; usage errors exit with status 2."""
+def parse_args(argv: Sequence[str] | None = None, start_iteration: int = 0) -> argparse.Namespace:
+    """Parse and validate the command line; usage errors exit with status 2.
+
+    ``start_iteration``: iterations already done by the run being resumed.
+    """
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.start_iteration = start_iteration
     try:
         validate(args)
     except UsageError as err:
@@ -163,10 +180,91 @@ def validate(args: argparse.Namespace) -> None:
     for layer in args.layers:
         _require(0 <= layer < most, f"--layers {layer}: out of range for {args.network} (0..{most - 1})")
     _require(args.count == 1, f"--count {args.count}: animation (--count > 1) is not implemented yet")
+    for flag, weights, count, what in (("--octave-weights", args.octave_weights, args.octaves, "--octaves"),
+                                       ("--layer-weights", args.layer_weights, len(args.layers), "--layers")):
+        if weights is None:
+            continue
+        _require(len(weights) == count, f"{flag} {_join(weights)}: give {count} values, one per {what} entry "
+                 f"(got {len(weights)})")
+        _require(all(math.isfinite(w) and w >= 0 for w in weights),
+                 f"{flag} {_join(weights)}: weights must be finite and not negative")
+        _require(any(w > 0 for w in weights), f"{flag} {_join(weights)}: at least one weight must be positive")
+    _require(args.max_iter > args.start_iteration,
+             f"--max-iter {args.max_iter}: the resumed run already did {args.start_iteration} iterations; "
+             "give a larger --max-iter")
 
 
 def _join(values) -> str:
     return " ".join(str(v) for v in values)
+
+
+# ----------------------------------------------------------------------------
+# Resuming
+
+
+def _without(argv: Sequence[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its one value (both ``--flag V`` and ``--flag=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
+def last_saved_image(run_dir: Path) -> tuple[Path, int]:
+    """The newest image of frame 0 in ``run_dir`` and the iteration it was saved at.
+
+    ``final_F0000.png`` (at the iterations recorded in run.json) if present,
+    else the snapshot with the highest iteration number.
+    """
+    record = _read_record(run_dir)
+    final = run_dir / "final_F0000.png"
+    if final.is_file() and isinstance(record.get("iterations"), int):
+        return final, record["iterations"]
+    snapshots = sorted((int(p.name[1:5]), p) for p in run_dir.glob("I[0-9][0-9][0-9][0-9]_F0000.png"))
+    if not snapshots:
+        raise SynthesisError(f"--resume {run_dir}: no saved image (final_F0000.png or I*_F0000.png) to resume from")
+    iteration, path = snapshots[-1]
+    return path, iteration
+
+
+def _read_record(run_dir: Path) -> dict:
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except FileNotFoundError:
+        raise SynthesisError(f"--resume {run_dir}: no run.json there (not a run directory?)") from None
+    except (OSError, ValueError) as err:
+        raise SynthesisError(f"--resume {run_dir}: unreadable run.json ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("command"), list):
+        raise SynthesisError(f"--resume {run_dir}: run.json has no recorded command")
+    return record
+
+
+def expand_resume(argv: Sequence[str]) -> tuple[list[str], int]:
+    """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
+
+    Returns the effective argv (starting from the run's last saved image via
+    --init-image) and the iteration that image was saved at; argv without
+    --resume is returned unchanged with 0.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    if known.resume is None:
+        return list(argv), 0
+    run_dir = Path(known.resume)
+    if not run_dir.is_dir():
+        raise SynthesisError(f"--resume {run_dir}: no such run directory")
+    if any(arg == "--init-image" or arg.startswith("--init-image=") for arg in argv):
+        raise UsageError("--init-image and --resume exclude each other: --resume starts from the run's last image")
+    recorded = _read_record(run_dir)["command"][1:]
+    image, iteration = last_saved_image(run_dir)
+    recorded = _without(_without(recorded, "--init-image"), "--resume")
+    return [*recorded, *argv, "--init-image", str(image)], iteration
 
 
 # ----------------------------------------------------------------------------
@@ -286,17 +384,6 @@ def signals_interrupt():
 # The run
 
 
-class Log:
-    """Messages on stderr, one line each."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-
 def load_sources(args: argparse.Namespace) -> list:
     """The source images as RGB uint8 arrays, resized as --source-width/--source-scale say."""
     from images import expand_sources, load_rgb, resize, resized_size
@@ -326,13 +413,14 @@ class Problem:
     random_seed: int
 
 
-def prepare(args: argparse.Namespace, log: Log) -> Problem:
+def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     """Load sources and weights, check sizes and memory, compute targets, compile the loss."""
     import numpy as np
 
     import autodiff
-    from gram import multiscale_grams, source_targets, style_loss
-    from seeds import starting_images
+    from gram import loss_per_level, multiscale_grams, source_targets, term_weights
+    from images import load_rgb, resize
+    from seeds import image_start, starting_images
     from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, preprocess
 
     autodiff.init_backend(verbose=args.debug)
@@ -359,33 +447,45 @@ def prepare(args: argparse.Namespace, log: Log) -> Problem:
     check_memory(estimated_memory(network, layers, args.octaves, args.padding_mode, canvas_height,
                                   canvas_width, args.count), args.force)
 
-    seed = args.random_seed if args.random_seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    init_rgb = load_rgb(Path(args.init_image), flag="--init-image") if args.init_image else None
+
+    if args.random_seed is not None:
+        seed = args.random_seed
+        autodiff.make_deterministic(seed)
+    else:
+        seed = int(np.random.SeedSequence().entropy % 2**32)
+        log(f"random seed {seed} (pass --random-seed {seed} to repeat this run)")
     rng = np.random.default_rng(seed)
 
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
     targets = source_targets(caffe_sources, extractor, args.octaves, args.padding_mode, args.join_mode, args.mul)
+    weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
 
     def loss_fn(x):
-        return style_loss(multiscale_grams(x, extractor, args.octaves, args.padding_mode), targets)
+        """(count, H, W, 3) -> (weighted loss, (octaves,) loss per octave)."""
+        grams = multiscale_grams(x, extractor, args.octaves, args.padding_mode)
+        return loss_per_level(grams, targets, weights, args.octaves)
 
     value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, canvas_height, canvas_width, 3))
-    x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
+    if init_rgb is not None:
+        x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
+    else:
+        x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
     return Problem(network, loaded.source, layers, sources, value_and_grad, x0, margin, seed)
 
 
-def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
+def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     """Synthesise as ``args`` say; returns the run record also written as run.json."""
     import autodiff
     from images import save_png
     from optimize import NonFiniteLoss, Progress, lbfgs
     from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
-    from vgg16 import deprocess
+    from vgg16 import deprocess, pixel_bounds
 
     started = time.monotonic()
-    problem = prepare(args, log)
+    problem = prepare(args, reporter.message)
     width, height, margin = args.output_width, args.output_height, problem.margin
-    value_and_grad, x0 = problem.value_and_grad, problem.x0
 
     run_dir = create_run_dir(Path(args.output_dir), run_dir_name(
         args.output_prefix, args.layers, args.octaves, width, height, source_scale=args.source_scale,
@@ -398,48 +498,70 @@ def run(args: argparse.Namespace, argv: Sequence[str], log: Log) -> dict:
         for frame, image in enumerate(deprocess(visible)):
             save_png(run_dir / stem_of_frame(frame), image)
 
-    save_frames(lambda f: frame_file("Aseed", f), x0)
+    save_frames(lambda f: frame_file("Aseed", f), problem.x0)
+    progress = Progress(start_iteration=args.start_iteration)
     record = {
         "status": "running", "network": problem.network, "weights": problem.weights_source,
         "backend": autodiff.backend_name(), "layers": problem.layers, "random_seed": problem.random_seed,
         "args": {**vars(args)}, "command": ["synthesize.py", *argv],
-        "sources": [str(p) for p, _ in problem.sources],
-        "output_dir": str(run_dir),
+        "sources": [str(p) for p, _ in problem.sources], "output_dir": str(run_dir),
+        "resumed_from": args.resume, "start_iteration": args.start_iteration,
     }
+
+    def write_record(**extra) -> None:
+        record.update({
+            "iterations": progress.iterations, "evaluations": progress.evaluations,
+            "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
+            "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
+            "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history, **extra,
+        })
+        write_json(run_dir / "run.json", record)
 
     def on_iteration(progress: Progress) -> None:
         i = progress.iterations
         if i % args.save_every == 0:
             save_frames(lambda f: snapshot_file(i, f), progress.best_x)
-            log(f"iteration {i}/{args.max_iter}  loss {progress.final_loss:.6g}  "
-                f"{(time.monotonic() - started):.1f} s")
+            write_record()  # so that a run killed outright can still be resumed
+        reporter.update(i, progress.final_loss)
 
-    progress = Progress()
     exit_status = 0
+    reporter.start(args.max_iter, first=args.start_iteration)
     try:
-        lbfgs(value_and_grad, x0, max_iter=args.max_iter, tol=args.tol, on_iteration=on_iteration,
-              progress=progress)
+        lbfgs(problem.value_and_grad, problem.x0, max_iter=args.max_iter - args.start_iteration, tol=args.tol,
+              on_iteration=on_iteration, progress=progress,
+              bounds=pixel_bounds())  # the saved image is what was optimised: no clipping at the end
         record["status"] = "finished"
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
         progress.stop_reason = f"{err}; kept the last finite iterate"
-        log(f"stopped: {progress.stop_reason}")
         exit_status = 1
     except Interrupted as interrupt:
         record["status"] = "interrupted"
         record["interrupted_at_iteration"] = progress.iterations
         progress.stop_reason = f"interrupted by {interrupt} after {progress.iterations} iterations"
-        log(f"{progress.stop_reason}; saving the current image")
         exit_status = interrupt.exit_status
+    finally:
+        reporter.close()
+    if exit_status:
+        reporter.message(f"stopped: {progress.stop_reason}; saving the current image")
     save_frames(lambda f: frame_file("final", f), progress.best_x)
-    record.update({
-        "iterations": progress.iterations, "evaluations": progress.evaluations,
-        "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
-        "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
-        "loss_history": progress.loss_history, "exit_status": exit_status,
-    })
-    write_json(run_dir / "run.json", record)
+    write_pictures(run_dir, progress)
+    write_record(exit_status=exit_status)
     return record
+
+
+def write_pictures(run_dir: Path, progress) -> None:
+    """``loss.png`` (loss per iteration, total and per octave) and ``progress.png`` (snapshots)."""
+    from outputs import atomic_write
+    from plots import contact_sheet, loss_plot_png, pick_snapshots
+
+    if progress.loss_history:
+        png = loss_plot_png(progress.loss_history, progress.aux_history, start=progress.start_iteration)
+        atomic_write(run_dir / "loss.png", lambda f: f.write(png))
+    shots = [(p, f"iteration {int(p.name[1:5])}") for p in sorted(run_dir.glob("I[0-9][0-9][0-9][0-9]_F0000.png"))]
+    shots = [(run_dir / "Aseed_F0000.png", "start")] + pick_snapshots(shots) + [(run_dir / "final_F0000.png", "final")]
+    sheet = contact_sheet(shots)
+    atomic_write(run_dir / "progress.png", lambda f: sheet.save(f, format="PNG"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -451,13 +573,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parse_args(argv)
+        argv, start_iteration = expand_resume(argv)
+    except SynthesisError as err:
+        print(f"synthesize.py: error: {err}", file=sys.stderr)
+        return err.exit_status
+    try:
+        args = parse_args(argv, start_iteration)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    log = Log()
+    from reporting import Reporter
+
+    reporter = Reporter(quiet=args.quiet, save_every=args.save_every)
     try:
         with signals_interrupt():
-            record = run(args, argv, log)
+            record = run(args, argv, reporter)
     except Interrupted as interrupt:
         print(f"synthesize.py: interrupted by {interrupt} before the optimisation started; nothing saved",
               file=sys.stderr)

@@ -84,6 +84,11 @@ def preprocess(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32)[..., ::-1] - CAFFE_MEAN_BGR
 
 
+def pixel_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """(low, high), each (3,): the caffe-space values of RGB 0 and 255, channel by channel."""
+    return -CAFFE_MEAN_BGR, 255.0 - CAFFE_MEAN_BGR
+
+
 def deprocess(x: np.ndarray) -> np.ndarray:
     """Caffe space, shape (..., 3) -> RGB uint8 (means added back, clipped to 0..255)."""
     rgb = (np.asarray(x, dtype=np.float32) + CAFFE_MEAN_BGR)[..., ::-1]

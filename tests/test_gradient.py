@@ -3,7 +3,7 @@
 import numpy as np
 
 import autodiff
-from gram import multiscale_grams, source_targets, style_loss
+from gram import loss_per_level, multiscale_grams, source_targets
 from vgg16 import build_extractor, preprocess
 
 
@@ -11,13 +11,15 @@ def test_gradient_matches_central_differences(vgg19, example_rgb):
     layers, octaves, padding = ["block1_pool", "block3_conv2"], 2, "valid"
     extractor = build_extractor("vgg19", vgg19.weights, layers, padding)
     targets = source_targets([preprocess(example_rgb[:96, :96])], extractor, octaves, padding, "average")
-    loss_fn = lambda x: style_loss(multiscale_grams(x, extractor, octaves, padding), targets)  # noqa: E731
+    weights = [1.0] * 4
+    loss_fn = lambda x: loss_per_level(multiscale_grams(x, extractor, octaves, padding), targets, weights, 2)  # noqa: E731
     shape = (1, 72, 72, 3)  # the smallest side 2 octaves allow is 67
     value_and_grad = autodiff.make_value_and_grad(loss_fn, shape)
 
     rng = np.random.default_rng(0)
     x = preprocess(rng.uniform(60, 200, shape)).astype(np.float32)
-    loss, grad = value_and_grad(x)
+    loss, grad, per_level = value_and_grad(x)
+    assert per_level.shape == (2,) and abs(per_level.sum() - loss) <= 1e-5 * loss
     assert grad.shape == shape and np.isfinite(loss) and loss > 0
     for trial in range(3):
         d = rng.standard_normal(shape).astype(np.float32)

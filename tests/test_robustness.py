@@ -228,7 +228,7 @@ def test_disk_full_while_saving_leaves_no_partial_file(tmp_path, capsys, monkeyp
     status, err = run_cli(capsys, ["-s", str(EXAMPLE), *SMALL, "--output-dir", str(tmp_path / "o")])
     assert status == 1 and "No space left on device" in err[-1] and "could not write" in err[-1]
     run_dir = tmp_path / "o" / "out.L2,7.o2.72x72"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["Acommand.txt", "Aseed_F0000.png", "I0003_F0000.png"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["Acommand.txt", "Aseed_F0000.png", "I0003_F0000.png", "run.json"]
     for png in run_dir.glob("*.png"):
         with Image.open(png) as image:
             image.load()  # every file under a final name is complete
