@@ -111,11 +111,18 @@ def make_parser() -> argparse.ArgumentParser:
                        "after it override the recorded ones (e.g. a larger --max-iter)")
 
     anim = parser.add_argument_group("animation")
-    anim.add_argument("--count", "-c", type=int, default=1, help="How many images to generate simultaneously")
-    anim.add_argument("--if-weight", type=float, default=1.0, help="Inter-frame loss weight")
+    anim.add_argument("--count", "-c", type=int, default=1,
+                      help="How many images to generate simultaneously; more than 1 makes the frames of a "
+                      "looping animation (written as animation.png), each costing about one image per iteration")
+    anim.add_argument("--if-weight", type=float, default=1.0,
+                      help="Inter-frame loss weight: how firmly frames are held at the target distance from "
+                      "each other (0: independent frames)")
     anim.add_argument("--if-shift", type=float, default=5.0,
-                      help="How many pixel-shift should inter-frame loss approximate?")
-    anim.add_argument("--if-order", type=int, default=2, help="How many frames should we 'tie' together?")
+                      help="How many pixel-shift should inter-frame loss approximate? Neighbouring frames "
+                      "differ about as much as the first source rolled by this many pixels (fractions allowed)")
+    anim.add_argument("--if-order", type=int, default=2,
+                      help="How many frames should we 'tie' together? Frames k = 1..IF_ORDER apart are held "
+                      "at k times the target distance; must be smaller than --count")
 
     misc = parser.add_argument_group("other")
     misc.add_argument("--quiet", "-q", action="store_true",
@@ -165,6 +172,12 @@ def validate(args: argparse.Namespace) -> None:
                         ("--if-shift", args.if_shift)):
         _require(math.isfinite(value), f"{flag} {value}: must be a finite number")
     _require(args.mul > 0, f"--mul {args.mul}: must be positive")
+    _require(args.if_weight >= 0, f"--if-weight {args.if_weight}: must not be negative")
+    _require(args.if_shift > 0, f"--if-shift {args.if_shift}: must be positive")
+    _require(args.if_order >= 1, f"--if-order {args.if_order}: must be at least 1")
+    if args.count > 1:
+        _require(args.if_order < args.count,
+                 f"--if-order {args.if_order}: must be smaller than --count {args.count}")
     _require(args.tol >= 0, f"--tol {args.tol}: must not be negative")
     _require(args.source_scale is None or args.source_width is None,
              "--source-scale and --source-width are mutually exclusive: give one")
@@ -179,7 +192,6 @@ def validate(args: argparse.Namespace) -> None:
     most = max(len(layer_names(n)) for n in networks)
     for layer in args.layers:
         _require(0 <= layer < most, f"--layers {layer}: out of range for {args.network} (0..{most - 1})")
-    _require(args.count == 1, f"--count {args.count}: animation (--count > 1) is not implemented yet")
     for flag, weights, count, what in (("--octave-weights", args.octave_weights, args.octaves, "--octaves"),
                                        ("--layer-weights", args.layer_weights, len(args.layers), "--layers")):
         if weights is None:
@@ -399,6 +411,18 @@ def load_sources(args: argparse.Namespace) -> list:
     return sources
 
 
+def check_if_shift(if_shift: float, sources: list) -> None:
+    """Raise UsageError unless ``--if-shift`` is smaller than the first source's smaller side.
+
+    The target inter-frame distance is measured on the first source (after resizing).
+    """
+    path, rgb = sources[0]
+    side = min(rgb.shape[:2])
+    if if_shift >= side:
+        raise UsageError(f"--if-shift {if_shift}: must be smaller than the first source's smaller side, "
+                         f"{side} px ({path} after resizing)")
+
+
 @dataclass
 class Problem:
     """Everything the optimisation needs, prepared and checked before any file is written."""
@@ -411,6 +435,7 @@ class Problem:
     x0: object  # the starting canvas, float32 (count, H + 2m, W + 2m, 3), caffe space
     margin: int  # hidden border, pixels per side, cropped away when saving
     random_seed: int
+    interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
 
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
@@ -418,6 +443,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     import numpy as np
 
     import autodiff
+    from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
     from gram import loss_per_level, multiscale_grams, source_targets, term_weights
     from images import load_rgb, resize
     from seeds import image_start, starting_images
@@ -428,6 +454,9 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     margin = args.margin
     canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     sources = load_sources(args)
+    animated = args.count > 1
+    if animated:
+        check_if_shift(args.if_shift, sources)
 
     loaded = load_network_weights(args.network, Path(args.data_dir), log=log)
     network = loaded.network
@@ -461,18 +490,30 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
     targets = source_targets(caffe_sources, extractor, args.octaves, args.padding_mode, args.join_mode, args.mul)
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
+    interframe = None
+    if animated:
+        target, unrelated = target_distance(caffe_sources[0], args.if_shift), unrelated_distance(caffe_sources[0])
+        interframe = {"target_distance": target, "unrelated_distance": unrelated, "if_weight": args.if_weight,
+                      "if_shift": args.if_shift, "if_order": args.if_order}
+        log(f"inter-frame target distance {target:.4g} (--if-shift {args.if_shift} px on {sources[0][0]}; "
+            f"unrelated images would be {unrelated:.4g} apart)")
+        for warning in unreachable_targets(target, unrelated, args.count, args.if_order):
+            log(f"warning: {warning}")
 
     def loss_fn(x):
-        """(count, H, W, 3) -> (weighted loss, (octaves,) loss per octave)."""
+        """(count, H, W, 3) -> (weighted loss, (octaves,) style loss per octave)."""
         grams = multiscale_grams(x, extractor, args.octaves, args.padding_mode)
-        return loss_per_level(grams, targets, weights, args.octaves)
+        total, per_level = loss_per_level(grams, targets, weights, args.octaves)
+        if animated:
+            total = total + args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
+        return total, per_level
 
     value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, canvas_height, canvas_width, 3))
     if init_rgb is not None:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
     else:
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
-    return Problem(network, loaded.source, layers, sources, value_and_grad, x0, margin, seed)
+    return Problem(network, loaded.source, layers, sources, value_and_grad, x0, margin, seed, interframe)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
@@ -481,6 +522,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     from images import save_png
     from optimize import NonFiniteLoss, Progress, lbfgs
     from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
+    from animation import ANIMATION_FILE, measured_distances, save_animation
     from vgg16 import deprocess, pixel_bounds
 
     started = time.monotonic()
@@ -493,9 +535,12 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         join_mode=args.join_mode))
     write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
 
+    def visible(x):
+        """The frames as saved: (count, H, W, 3), the hidden margin cropped away."""
+        return x[:, margin:margin + height, margin:margin + width]
+
     def save_frames(stem_of_frame, x) -> None:
-        visible = x[:, margin:margin + height, margin:margin + width]
-        for frame, image in enumerate(deprocess(visible)):
+        for frame, image in enumerate(deprocess(visible(x))):
             save_png(run_dir / stem_of_frame(frame), image)
 
     save_frames(lambda f: frame_file("Aseed", f), problem.x0)
@@ -545,6 +590,10 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     if exit_status:
         reporter.message(f"stopped: {progress.stop_reason}; saving the current image")
     save_frames(lambda f: frame_file("final", f), progress.best_x)
+    if problem.interframe is not None:
+        save_animation(run_dir / ANIMATION_FILE, deprocess(visible(progress.best_x)))
+        record["interframe"] = {**problem.interframe,
+                                "distances": measured_distances(visible(progress.best_x), args.if_order)}
     write_pictures(run_dir, progress)
     write_record(exit_status=exit_status)
     return record
