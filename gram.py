@@ -24,16 +24,21 @@ def gram_matrix(features):
     return ops.matmul(ops.transpose(flat, (0, 2, 1)), flat) / float(h * w * c)
 
 
-def multiscale_grams(images, extractor: Callable, octaves: int, padding: str) -> list:
-    """Gram matrices of every (level, layer), level-major, for caffe-space images (N, H, W, 3).
+def multiscale_features(images, extractor: Callable, octaves: int, padding: str) -> list:
+    """Feature maps of every (level, layer), level-major, for caffe-space images (N, H, W, 3).
 
     ``extractor`` maps (N, h, w, 3) to a list of feature maps, one per layer.
-    Returns a list of ``octaves * layers`` tensors of shape (N, c, c).
+    Returns a list of ``octaves * layers`` tensors of shape (N, h_l, w_l, c_l).
     """
-    grams = []
+    features = []
     for level in gaussian_pyramid(images, octaves, padding):
-        grams += [gram_matrix(features) for features in _as_list(extractor(level))]
-    return grams
+        features += _as_list(extractor(level))
+    return features
+
+
+def multiscale_grams(images, extractor: Callable, octaves: int, padding: str) -> list:
+    """Gram matrices of every (level, layer), level-major: ``octaves * layers`` tensors (N, c, c)."""
+    return [gram_matrix(f) for f in multiscale_features(images, extractor, octaves, padding)]
 
 
 def _as_list(outputs) -> list:

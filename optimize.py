@@ -26,6 +26,7 @@ class Progress:
     loss_history: list[float] = field(default_factory=list)  # loss after each iteration
     aux_history: list[list[float]] = field(default_factory=list)  # value_and_grad's aux, each iteration
     start_iteration: int = 0  # iterations done before this optimisation (a resumed run)
+    stages: list[dict] = field(default_factory=list)  # coarse-to-fine: what each stage did
     evaluations: int = 0
     best_x: np.ndarray | None = None  # last accepted iterate (float32, image shape)
     stop_reason: str = ""

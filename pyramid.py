@@ -60,3 +60,18 @@ def gaussian_pyramid(images, octaves: int, padding: str) -> list:
     for _ in range(octaves - 1):
         levels.append(reduce(levels[-1], padding))
     return levels
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resample numpy images (N, H, W, C) to (N, size[0], size[1], C), linearly; unchanged if equal.
+
+    Used between coarse-to-fine stages (upsampling a coarse result) and to show
+    a coarse stage's image at full size.
+    """
+    from scipy.ndimage import zoom
+
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    factors = (1, size[0] / images.shape[1], size[1] / images.shape[2], 1)
+    out = zoom(np.asarray(images, np.float32), factors, order=1, mode="nearest", grid_mode=True)
+    return out[:, : size[0], : size[1]]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import contextlib
+import functools
 import shlex
 import signal
 import sys
@@ -30,6 +31,7 @@ NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
 VALID_MARGIN = 8  # hidden border (px per side) optimised and cropped away with valid padding
 MAX_MARGIN = 256  # larger --margin values are refused
+SCHEDULES = ("plain", "coarse-to-fine")
 
 
 # ----------------------------------------------------------------------------
@@ -96,6 +98,10 @@ def make_parser() -> argparse.ArgumentParser:
                        help="Maximum iterations for the L-BFGS-B optimizer")
     optim.add_argument("--tol", type=float, default=1e-9,
                        help="Gradient scale at which to terminate optimization (scipy's tol)")
+    optim.add_argument("--schedule", choices=SCHEDULES, default="plain",
+                       help="plain: optimise the full-size image; coarse-to-fine: start at the coarsest pyramid "
+                       "level and upsample each result as the next level's start (--max-iter counts all stages: "
+                       "the full-size stage gets half, the coarser stages share the rest)")
     optim.add_argument("--seed", choices=SEED_MODES, default="random",
                        help="How to seed the optimization: random (noise with the source's mean colour and "
                        "contrast), dark (the original's dark noise), symmetric (smooth mirror-symmetric grey)")
@@ -431,11 +437,18 @@ class Problem:
     weights_source: str  # where the weights came from
     layers: list[str]  # layer names, in --layers order
     sources: list  # (path, RGB uint8 (H, W, 3)) after resizing
-    value_and_grad: Callable  # float32 (count, H + 2m, W + 2m, 3) -> (loss, gradient)
+    stage: Callable  # first level -> compiled loss of a canvas of that level's size (see prepare)
+    level_sizes: list  # (height, width) of each pyramid level of the canvas, level 0 = the canvas
+    features: Callable  # float32 (count, H, W, 3) -> VGG features of every level, level-major
     x0: object  # the starting canvas, float32 (count, H + 2m, W + 2m, 3), caffe space
     margin: int  # hidden border, pixels per side, cropped away when saving
     random_seed: int
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
+
+    @property
+    def value_and_grad(self) -> Callable:
+        """The full-size loss: x (count, H + 2m, W + 2m, 3) -> (loss, gradient, loss per octave)."""
+        return self.stage(0)
 
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
@@ -444,7 +457,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
 
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
-    from gram import loss_per_level, multiscale_grams, source_targets, term_weights
+    from gram import loss_per_level, multiscale_features, multiscale_grams, source_targets, term_weights
+    from pyramid import level_sizes
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, preprocess
@@ -500,30 +514,53 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         for warning in unreachable_targets(target, unrelated, args.count, args.if_order):
             log(f"warning: {warning}")
 
-    def loss_fn(x):
-        """(count, H, W, 3) -> (weighted loss, (octaves,) style loss per octave)."""
-        grams = multiscale_grams(x, extractor, args.octaves, args.padding_mode)
-        total, per_level = loss_per_level(grams, targets, weights, args.octaves)
-        if animated:
-            total = total + args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
-        return total, per_level
+    sizes = level_sizes(canvas_height, canvas_width, args.octaves, args.padding_mode)
 
-    value_and_grad = autodiff.make_value_and_grad(loss_fn, (args.count, canvas_height, canvas_width, 3))
+    @functools.lru_cache(maxsize=None)
+    def stage(first: int) -> Callable:
+        """The loss of a canvas the size of pyramid level ``first``: the same multi-scale loss,
+        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled.
+
+        Returns x -> (loss, gradient, (octaves,) style loss per octave, NaN for absent levels).
+        """
+        levels = args.octaves - first
+        stage_targets, stage_weights = targets[first * len(layers):], weights[first * len(layers):]
+        absent = np.full(first, np.nan)
+
+        def loss_fn(x):
+            grams = multiscale_grams(x, extractor, levels, args.padding_mode)
+            total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
+            if animated and first == 0:
+                total = total + args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
+            return total, per_level
+
+        compiled = autodiff.make_value_and_grad(loss_fn, (args.count, *sizes[first], 3))
+
+        def value_and_grad(x):
+            loss, grad, per_level = compiled(x)
+            return loss, grad, np.concatenate([absent, per_level])
+
+        return value_and_grad
+
     if init_rgb is not None:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
     else:
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
-    return Problem(network, loaded.source, layers, sources, value_and_grad, x0, margin, seed, interframe)
+    return Problem(network, loaded.source, layers, sources, stage, sizes,
+                   functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
+                                     padding=args.padding_mode),
+                   x0, margin, seed, interframe)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     """Synthesise as ``args`` say; returns the run record also written as run.json."""
     import autodiff
     from images import save_png
-    from optimize import NonFiniteLoss, Progress, lbfgs
+    from optimize import NonFiniteLoss, Progress
     from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
     from animation import ANIMATION_FILE, measured_distances, save_animation
-    from vgg16 import deprocess, pixel_bounds
+    from pyramid import resize_images
+    from vgg16 import deprocess
 
     started = time.monotonic()
     problem = prepare(args, reporter.message)
@@ -540,6 +577,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         return x[:, margin:margin + height, margin:margin + width]
 
     def save_frames(stem_of_frame, x) -> None:
+        x = resize_images(x, problem.level_sizes[0])  # a coarse stage's image, shown at full size
         for frame, image in enumerate(deprocess(visible(x))):
             save_png(run_dir / stem_of_frame(frame), image)
 
@@ -570,11 +608,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         reporter.update(i, progress.final_loss)
 
     exit_status = 0
-    reporter.start(args.max_iter, first=args.start_iteration)
     try:
-        lbfgs(problem.value_and_grad, problem.x0, max_iter=args.max_iter - args.start_iteration, tol=args.tol,
-              on_iteration=on_iteration, progress=progress,
-              bounds=pixel_bounds())  # the saved image is what was optimised: no clipping at the end
+        optimise(args, problem, on_iteration, progress, on_stage=reporter.start)
         record["status"] = "finished"
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
@@ -590,13 +625,74 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     if exit_status:
         reporter.message(f"stopped: {progress.stop_reason}; saving the current image")
     save_frames(lambda f: frame_file("final", f), progress.best_x)
+    final = visible(resize_images(progress.best_x, problem.level_sizes[0]))
     if problem.interframe is not None:
-        save_animation(run_dir / ANIMATION_FILE, deprocess(visible(progress.best_x)))
-        record["interframe"] = {**problem.interframe,
-                                "distances": measured_distances(visible(progress.best_x), args.if_order)}
+        save_animation(run_dir / ANIMATION_FILE, deprocess(final))
+        record["interframe"] = {**problem.interframe, "distances": measured_distances(final, args.if_order)}
+    record["stages"] = progress.stages
     write_pictures(run_dir, progress)
     write_record(exit_status=exit_status)
     return record
+
+
+def stage_budgets(max_iter: int, stages: int) -> list[int]:
+    """Iterations of each coarse-to-fine stage, coarsest first: the full-size stage gets half of
+    ``max_iter``, the coarser stages share the rest equally (they cost 4x, 16x, ... less each)."""
+    if stages == 1:
+        return [max_iter]
+    final = max_iter - max_iter // 2
+    share, extra = divmod(max_iter - final, stages - 1)
+    return [share + (1 if i < extra else 0) for i in range(stages - 1)] + [final]
+
+
+def optimise(args: argparse.Namespace, problem: Problem, on_iteration: Callable, progress,
+             on_stage: Callable = lambda total, first, label: None):
+    """Run L-BFGS-B as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
+
+    plain: all iterations on the full-size canvas. coarse-to-fine: start on a
+    canvas the size of the coarsest pyramid level with the loss of that level
+    alone, then upsample the result to the next level's size and optimise the
+    loss of the levels that exist there, and so on up to full size. Iterations
+    are counted across stages; ``progress.best_x`` is the current stage's
+    image (smaller than the canvas in coarse stages).
+    """
+    from optimize import Progress, lbfgs
+    from pyramid import resize_images
+    from vgg16 import pixel_bounds
+
+    bounds = pixel_bounds()  # the saved image is what was optimised: no clipping at the end
+    remaining = args.max_iter - progress.start_iteration
+    levels = [0] if args.schedule == "plain" else list(range(args.octaves - 1, -1, -1))
+    x = problem.x0
+    # the run's starting loss is always the full-size loss of the starting canvas
+    progress.initial_loss = problem.value_and_grad(x)[0]
+    for number, (level, budget) in enumerate(zip(levels, stage_budgets(remaining, len(levels)), strict=True)):
+        h, w = problem.level_sizes[level]
+        label = "synthesising" if len(levels) == 1 else (
+            f"stage {number + 1}/{len(levels)}: {w}x{h}, {args.octaves - level} octave(s)")
+        on_stage(progress.iterations + budget, progress.iterations, label)
+        stage = Progress()
+        done_before, evaluations_before = len(progress.loss_history), progress.evaluations
+
+        def forward(stage_progress: Progress) -> None:
+            progress.loss_history.append(stage_progress.loss_history[-1])
+            progress.aux_history.extend(stage_progress.aux_history[len(progress.aux_history) - done_before:])
+            progress.evaluations = evaluations_before + stage_progress.evaluations
+            progress.best_x = stage_progress.best_x
+            on_iteration(progress)
+
+        x = resize_images(x, (h, w))
+        try:
+            lbfgs(problem.stage(level), x, max_iter=budget, tol=args.tol, on_iteration=forward, progress=stage,
+                  bounds=bounds)
+        finally:
+            if stage.best_x is not None:
+                progress.best_x = stage.best_x
+            progress.stop_reason = stage.stop_reason
+            progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
+                                    "initial_loss": stage.initial_loss, "final_loss": stage.final_loss})
+        x = stage.best_x
+    return progress
 
 
 def write_pictures(run_dir: Path, progress) -> None:

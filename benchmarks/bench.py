@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Benchmark: seconds per L-BFGS iteration, overhead over the bare network, GFLOP/s, memory, time to quality.
+
+    python3 benchmarks/bench.py            # 256 and 512 px, every network whose weights are here
+    python3 benchmarks/bench.py --quick    # 256 px, VGG-19 only: under 2 minutes
+    python3 benchmarks/bench.py --large    # adds 1024 px
+
+Each configuration runs in a fresh process (so its peak memory is its own) on the
+example texture with the default layers, 4 octaves and ``-p reflect`` (``--extra``
+changes that; valid padding cannot run 4 octaves at 256 px). Prints a table and writes
+the same numbers as JSON (``--json``, default benchmarks/results.json).
+
+- s/iter: median wall time of one L-BFGS iteration after warm-up (the loss,
+  its gradient, scipy's step, all of it); evals/iter: loss evaluations per iteration.
+- bare s: median time of the network alone on the same pyramid (forward and
+  gradient to the input of a plain sum of the features: no Gram matrices, loss or
+  scipy); overhead = s/iter / bare s.
+- GFLOP: conv work of one loss-and-gradient evaluation, counted as 2 FLOP per
+  multiply-add, forward plus input gradient (the same again), every level.
+- time to quality (``--ttq``): wall seconds until the loss first falls below 1e-2
+  and 1e-3 of the starting loss, and the loss after a fixed time budget, for each
+  --schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+EXAMPLE = REPO / "examples" / "gravel.png"
+TTQ_FRACTIONS = (1e-2, 1e-3)  # time-to-quality thresholds, as fractions of the starting loss
+
+
+def conv_flops(network: str, layers: list[str], sizes: list[tuple[int, int]], padding: str, count: int) -> float:
+    """FLOP of one loss-and-gradient evaluation: 2 x MACs forward, the same for the input gradient."""
+    from vgg16 import layer_channels, layer_names, layer_sizes
+
+    names = layer_names(network)
+    deepest = max(layers, key=names.index)
+    channels = layer_channels(network)
+    macs = 0
+    for h, w in sizes:
+        channels_in = 3
+        for name, (oh, ow), c in zip(names, layer_sizes(network, deepest, h, w, padding), channels):
+            if "_conv" in name:
+                macs += oh * ow * 9 * channels_in * c
+            channels_in = c
+    return 2 * 2 * macs * count
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def one(network: str, size: int, iterations: int, warmup: int, extra: list[str]) -> dict:
+    """Measure one configuration in this process; returns its numbers."""
+    import numpy as np
+    from keras import ops
+
+    import autodiff
+    import synthesize
+    from optimize import Progress, lbfgs
+    from vgg16 import pixel_bounds
+
+    args = synthesize.parse_args(["-s", str(EXAMPLE), "-ow", str(size), "--network", network,
+                                  "--random-seed", "0", "-q", *extra])
+    problem = synthesize.prepare(args, lambda message: None)
+    shape = problem.x0.shape
+
+    # the bare network: forward and input gradient of a plain sum of the same features
+    bare = autodiff.make_value_and_grad(
+        lambda x: (sum(ops.sum(f) for f in problem.features(x)), ops.zeros((1,))), shape)
+    x = problem.x0.astype(np.float32)
+    bare(x)  # trace and warm up
+    bare_times = []
+    for _ in range(max(iterations // 2, 5)):
+        start = time.perf_counter()
+        bare(x)
+        bare_times.append(time.perf_counter() - start)
+
+    # L-BFGS iterations of the real loss
+    stamps, evals = [], []
+    progress = Progress()
+
+    def on_iteration(p):
+        stamps.append(time.perf_counter())
+        evals.append(p.evaluations)
+
+    problem.value_and_grad(x)  # trace outside the timing
+    start = time.perf_counter()
+    lbfgs(problem.value_and_grad, problem.x0, max_iter=warmup + iterations, tol=0, on_iteration=on_iteration,
+          progress=progress, bounds=pixel_bounds())
+    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][warmup:]
+    eval_counts = [b - a for a, b in zip([1, *evals[:-1]], evals)][warmup:]
+    per_iter = statistics.median(times)
+    bare_s = statistics.median(bare_times)
+    flops = conv_flops(problem.network, problem.layers, problem.level_sizes, args.padding_mode, args.count)
+    return {
+        "network": problem.network, "size": size, "canvas": list(shape[1:3]), "octaves": args.octaves,
+        "padding": args.padding_mode, "extra": extra,
+        "s_per_iter": per_iter, "evals_per_iter": sum(eval_counts) / len(eval_counts),
+        "bare_s": bare_s, "overhead": per_iter / bare_s,
+        "gflop_per_eval": flops / 1e9, "gflops_bare": flops / 1e9 / bare_s,
+        "gflops_iter": flops / 1e9 * (sum(eval_counts) / len(eval_counts)) / per_iter,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "iterations_measured": len(times),
+    }
+
+
+def time_to_quality(network: str, size: int, budget_s: float, extra: list[str]) -> dict:
+    """Run synthesize.py for ``budget_s`` seconds of optimisation; when did the loss cross the thresholds?"""
+    import synthesize
+    from optimize import Progress
+
+    reference = {}
+    crossings = {f: None for f in TTQ_FRACTIONS}
+    trace = []
+
+    class Stop(Exception):
+        pass
+
+    def on_iteration(p: Progress) -> None:
+        now = time.perf_counter() - reference["start"]
+        trace.append((now, p.final_loss))
+        for fraction in TTQ_FRACTIONS:
+            if crossings[fraction] is None and p.final_loss < fraction * reference["loss"]:
+                crossings[fraction] = now
+        if now > budget_s:
+            raise Stop
+
+    args = synthesize.parse_args(["-s", str(EXAMPLE), "-ow", str(size), "--network", network,
+                                  "--random-seed", "0", "-q", "-m", "100000", "--tol", "0", *extra])
+    problem = synthesize.prepare(args, lambda message: None)
+    reference["loss"] = problem.value_and_grad(problem.x0)[0]  # the plain, full-size starting loss
+    reference["start"] = time.perf_counter()
+    try:
+        synthesize.optimise(args, problem, on_iteration)
+    except Stop:
+        pass
+    return {"network": network, "size": size, "extra": extra, "budget_s": budget_s,
+            "initial_loss": reference["loss"],
+            **{f"s_to_{f:g}": crossings[f] for f in TTQ_FRACTIONS},
+            "final_loss": trace[-1][1] if trace else None, "trace": trace}
+
+
+def child(argv: list[str]) -> dict:
+    """Run one measurement in a fresh process; returns its JSON result."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark child {argv} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def available_networks() -> list[str]:
+    from vgg16 import find_vgg16_weights
+
+    return ["vgg19"] + (["vgg16"] if find_vgg16_weights(REPO / "model_data") else [])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Speed benchmark of synthesize.py")
+    parser.add_argument("--quick", action="store_true", help="256 px, VGG-19 only, fewer iterations")
+    parser.add_argument("--large", action="store_true", help="also 1024x1024")
+    parser.add_argument("--networks", nargs="+", default=None, help="default: every network whose weights are here")
+    parser.add_argument("--iterations", type=int, default=10, help="measured iterations per configuration")
+    parser.add_argument("--ttq", type=float, default=0, metavar="SECONDS",
+                        help="also measure time to quality with this budget per schedule (512 px)")
+    parser.add_argument("--extra", default="-p reflect",
+                        help="extra synthesize.py flags for every configuration (default: -p reflect, since "
+                        "valid padding cannot run 4 octaves at 256 px)")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
+    parser.add_argument("--one", nargs=4, metavar=("NETWORK", "SIZE", "ITERATIONS", "WARMUP"), help=argparse.SUPPRESS)
+    parser.add_argument("--ttq-one", nargs=3, metavar=("NETWORK", "SIZE", "BUDGET"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    extra = args.extra.split()
+
+    if args.one:
+        network, size, iterations, warmup = args.one
+        print(json.dumps(one(network, int(size), int(iterations), int(warmup), extra)))
+        return 0
+    if args.ttq_one:
+        network, size, budget = args.ttq_one
+        print(json.dumps(time_to_quality(network, int(size), float(budget), extra)))
+        return 0
+
+    networks = args.networks or (["vgg19"] if args.quick else available_networks())
+    sizes = [256] if args.quick else [256, 512] + ([1024] if args.large else [])
+    iterations, warmup = (5, 2) if args.quick else (args.iterations, 3)
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; extra flags: {args.extra or '(none)'}")
+    print(f"{'network':8} {'size':>5} {'s/iter':>8} {'evals/it':>8} {'bare s':>8} {'overhead':>8} "
+          f"{'GFLOP':>7} {'GFLOP/s':>8} {'peak MiB':>9}")
+    rows = []
+    for network in networks:
+        for size in sizes:
+            extra_args = ["--extra", args.extra] if args.extra else []
+            r = child(["--one", network, str(size), str(iterations), str(warmup), *extra_args])
+            rows.append(r)
+            print(f"{r['network']:8} {r['size']:>5} {r['s_per_iter']:>8.3f} {r['evals_per_iter']:>8.2f} "
+                  f"{r['bare_s']:>8.3f} {r['overhead']:>8.2f} {r['gflop_per_eval']:>7.1f} {r['gflops_bare']:>8.1f} "
+                  f"{r['peak_rss_mib']:>9.0f}", flush=True)
+    ttq = []
+    if args.ttq:
+        print(f"\ntime to quality, {networks[0]} 512 px, budget {args.ttq:g} s per schedule")
+        print(f"{'schedule':16} {'s to 1e-2':>10} {'s to 1e-3':>10} {'loss at end':>12}")
+        for schedule in ("plain", "coarse-to-fine"):
+            extra_args = ["--extra", f"{args.extra} --schedule {schedule}".strip()]
+            r = child(["--ttq-one", networks[0], "512", str(args.ttq), *extra_args])
+            r["schedule"] = schedule
+            ttq.append(r)
+            fmt = lambda v: f"{v:>10.1f}" if v is not None else f"{'never':>10}"  # noqa: E731
+            print(f"{schedule:16} {fmt(r['s_to_0.01'])} {fmt(r['s_to_0.001'])} {r['final_loss']:>12.4g}", flush=True)
+    args.json.write_text(json.dumps({"machine": machine, "extra": args.extra, "results": rows,
+                                     "time_to_quality": ttq}, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
