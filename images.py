@@ -102,3 +102,8 @@ def save_png(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
     atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
+
+
+def repeat_2x2(rgb: np.ndarray) -> np.ndarray:
+    """An image repeated twice across and twice down: (H, W, C) -> (2H, 2W, C); shows a tile's seams."""
+    return np.tile(rgb, (2, 2, 1))

@@ -14,9 +14,10 @@ from errors import SynthesisError
 def run_dir_name(
     prefix: str, layers: Sequence[int], octaves: int, width: int, height: int, *,
     source_scale: float | None = None, source_width: int | None = None, count: int = 1,
-    if_shift: float = 5.0, mul: float = 1.0, join_mode: str = "average",
+    if_shift: float = 5.0, mul: float = 1.0, join_mode: str = "average", tile: bool = False,
 ) -> str:
-    """The original's run directory name, e.g. ``out.L2,7.o4.512x512``."""
+    """The original's run directory name, e.g. ``out.L2,7.o4.512x512``; ``.tile`` before the size
+    with ``--tile`` (our addition)."""
     name = f"{prefix}.L{','.join(str(layer) for layer in layers)}.o{octaves}"
     if source_scale is not None:
         name += f".w{source_scale:.2}"
@@ -28,6 +29,8 @@ def run_dir_name(
         name += f".m{mul}"
     if join_mode != "average":
         name += f".j{join_mode}"
+    if tile:
+        name += ".tile"
     return name + f".{width}x{height}"
 
 
@@ -64,6 +67,12 @@ def frame_file(stem: str, frame: int) -> str:
 def snapshot_file(iteration: int, frame: int) -> str:
     """``I{iteration:04d}_F{frame:04d}.png``: frame ``frame`` after ``iteration`` L-BFGS iterations."""
     return frame_file(f"I{iteration:04d}", frame)
+
+
+def tiled_preview_file(frame: int, count: int) -> str:
+    """The 2x2 preview of ``--tile``: ``tiled_preview.png``, or ``tiled_preview_F0000.png``, ...
+    one per frame, when ``count`` > 1."""
+    return "tiled_preview.png" if count == 1 else frame_file("tiled_preview", frame)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -1,4 +1,4 @@
-"""Image measurements that judge a result beyond its loss: frames at the border, seams."""
+"""Image measurements that judge a result beyond its loss: frames at the border, wrap seams."""
 
 from __future__ import annotations
 
@@ -33,3 +33,17 @@ def frame_ratios(rgb: np.ndarray, band: int) -> tuple[float, float]:
     outer = y[distance < band]
     inner = y[distance >= min(y.shape) // 4]
     return float(outer.mean() / inner.mean()), float(outer.std() / inner.std())
+
+
+def seam_ratio(rgb: np.ndarray) -> float:
+    """How visible the wrap seams of an image are when it is tiled: 1 = like any other pixel step.
+
+    RGB (H, W, C), any range. Mean absolute difference between the pixels that
+    become neighbours across the seams (last column and first column, last row
+    and first row) over the same mean for neighbouring pixels inside the image
+    (every horizontally or vertically adjacent pair), all channels pooled.
+    """
+    x = np.asarray(rgb, dtype=np.float64)
+    across = np.concatenate([np.abs(x[:, -1] - x[:, 0]).ravel(), np.abs(x[-1] - x[0]).ravel()])
+    inside = np.concatenate([np.abs(np.diff(x, axis=1)).ravel(), np.abs(np.diff(x, axis=0)).ravel()])
+    return float(across.mean() / inside.mean())

@@ -32,6 +32,7 @@ MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
 VALID_MARGIN = 8  # hidden border (px per side) optimised and cropped away with valid padding
 MAX_MARGIN = 256  # larger --margin values are refused
 SCHEDULES = ("plain", "coarse-to-fine")
+TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
 
 
 # ----------------------------------------------------------------------------
@@ -71,7 +72,17 @@ def make_parser() -> argparse.ArgumentParser:
     output.add_argument("--margin", type=int, default=None,
                         help=f"Hidden border, in pixels per side, optimised around the image and cropped "
                         f"away so that the border is as detailed as the middle (default: {VALID_MARGIN} "
-                        "with --padding-mode valid, 0 otherwise; 0 for the original's behaviour)")
+                        "with --padding-mode valid, 0 otherwise; 0 for the original's behaviour; not used "
+                        "with --tile)")
+    output.add_argument("--tile", action="store_true",
+                        help="Make the result tile seamlessly: every convolution, pooling and pyramid "
+                        "reduction on the synthesised image wraps around (circular padding), so opposite "
+                        "edges meet without a seam. Replaces --padding-mode for the synthesised image "
+                        "(--padding-mode still applies to the source's targets); the hidden --margin is not "
+                        "used. Width and height must be multiples of 2^(octaves - 1 + poolings down to the "
+                        "deepest layer), e.g. 32 with the default --octaves and --layers. Also writes "
+                        "tiled_preview.png, the result repeated 2x2 (tiled_preview_F0000.png, ... per frame "
+                        "with --count > 1)")
 
     network = parser.add_argument_group("network")
     network.add_argument("--network", choices=NETWORK_CHOICES, default="auto",
@@ -86,7 +97,7 @@ def make_parser() -> argparse.ArgumentParser:
     network.add_argument("--padding-mode", "-p", choices=PADDING_MODES, default="valid",
                          help="What boundary condition to use for convolutions, pooling and the pyramid: "
                          "valid (none; each level must be large enough), same (zeros), reflect (mirror; "
-                         "cleanest borders, no size limit)")
+                         "cleanest borders, no size limit). With --tile it applies to the sources only")
     network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
     network.add_argument("--octave-weights", type=float, nargs="+", default=None, metavar="W",
                          help="Weight of each octave's loss terms, finest first, one per octave (default: all 1)")
@@ -161,7 +172,7 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Check every option on its own and against the others, before any heavy work."""
-    from vgg16 import NETWORKS, layer_names
+    from vgg16 import NETWORKS, layer_name, layer_names
 
     if args.output_height is None:
         args.output_height = args.output_width
@@ -171,6 +182,10 @@ def validate(args: argparse.Namespace) -> None:
     _require(args.max_iter >= 1, f"--max-iter {args.max_iter}: must be at least 1")
     _require(args.save_every >= 1, f"--save-every {args.save_every}: must be at least 1")
     _require(args.count >= 1, f"--count {args.count}: must be at least 1")
+    if args.tile:
+        _require(args.margin in (None, 0), f"--margin {args.margin} cannot be combined with --tile: a periodic "
+                 "image has no border to hide; leave --margin out")
+        args.margin = 0
     if args.margin is None:
         args.margin = VALID_MARGIN if args.padding_mode == "valid" else 0
     _require(0 <= args.margin <= MAX_MARGIN, f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
@@ -198,6 +213,13 @@ def validate(args: argparse.Namespace) -> None:
     most = max(len(layer_names(n)) for n in networks)
     for layer in args.layers:
         _require(0 <= layer < most, f"--layers {layer}: out of range for {args.network} (0..{most - 1})")
+    if args.tile:
+        # with auto, either network may run; vgg16 pools earlier, so its sizes suit both
+        for network in networks:
+            if max(args.layers) < len(layer_names(network)):
+                check_tile_size(args.output_height, args.output_width, network,
+                                layer_name(network, max(args.layers)), args.octaves,
+                                auto=args.network == "auto")
     for flag, weights, count, what in (("--octave-weights", args.octave_weights, args.octaves, "--octaves"),
                                        ("--layer-weights", args.layer_weights, len(args.layers), "--layers")):
         if weights is None:
@@ -319,6 +341,45 @@ def check_size(what: str, height: int, width: int, network: str, layers, octaves
             f"{what} is {width}x{height} but --octaves {octaves} with these --layers and "
             f"--padding-mode {padding} need at least {need}x{need}{hidden}; {remedy}"
         )
+
+
+def tile_multiple(network: str, deepest: str, octaves: int) -> int:
+    """With --tile, width and height must be multiples of this: ``2^(octaves - 1 + pools)``.
+
+    Circular padding wraps exactly only when every stride-2 step halves an even
+    side: the ``octaves - 1`` pyramid reductions, then, on the smallest level,
+    each of the ``pools`` poolings down to layer ``deepest``. (A 3x3 conv wraps
+    at any size.)
+    """
+    from vgg16 import pools_through
+
+    return 2 ** (octaves - 1 + pools_through(network, deepest))
+
+
+def nearest_multiples(n: int, multiple: int) -> list[int]:
+    """The multiples of ``multiple`` just below and just above ``n`` (below only if positive)."""
+    below = n // multiple * multiple
+    return [m for m in (below, below + multiple) if m > 0]
+
+
+def check_tile_size(height: int, width: int, network: str, deepest: str, octaves: int,
+                    auto: bool = False) -> None:
+    """Raise UsageError unless a height x width image wraps exactly with --tile (see ``tile_multiple``).
+
+    ``auto``: ``network`` is one that --network auto may pick, and the message says so.
+    """
+    from vgg16 import pools_through
+
+    multiple, pools = tile_multiple(network, deepest, octaves), pools_through(network, deepest)
+    for flag, side in (("--output-width", width), ("--output-height", height)):
+        if side % multiple:
+            nearest = " or ".join(str(m) for m in nearest_multiples(side, multiple))
+            raise UsageError(
+                f"{flag} {side}: --tile needs a multiple of {multiple} (2^{octaves - 1} for --octaves "
+                f"{octaves} x 2^{pools} for the {pools} poolings down to {deepest} of {network}"
+                f"{', which --network auto may pick' if auto else ''}), so that every halving wraps "
+                f"exactly; nearest that work: {nearest}"
+            )
 
 
 # ----------------------------------------------------------------------------
@@ -479,15 +540,18 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         if layer >= len(names):
             raise UsageError(f"--layers {layer}: out of range for {network} (0..{len(names) - 1})")
     layers = [layer_name(network, layer) for layer in args.layers]
+    # the synthesised image's boundary; the sources' targets always use --padding-mode
+    padding = TILE_PADDING if args.tile else args.padding_mode
+    if args.tile:
+        check_tile_size(height, width, network, layer_name(network, max(args.layers)), args.octaves)
     check_size("the output (--output-width/--output-height)", height, width, network, layers, args.octaves,
-               args.padding_mode, "make the output larger, lower --octaves, or use --padding-mode reflect",
-               margin)
+               padding, "make the output larger, lower --octaves, or use --padding-mode reflect", margin)
     for path, rgb in sources:
         check_size(f"--source {path}", rgb.shape[0], rgb.shape[1], network, layers, args.octaves,
                    args.padding_mode,
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
-    check_memory(estimated_memory(network, layers, args.octaves, args.padding_mode, canvas_height,
+    check_memory(estimated_memory(network, layers, args.octaves, padding, canvas_height,
                                   canvas_width, args.count), args.force)
 
     init_rgb = load_rgb(Path(args.init_image), flag="--init-image") if args.init_image else None
@@ -503,6 +567,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
     targets = source_targets(caffe_sources, extractor, args.octaves, args.padding_mode, args.join_mode, args.mul)
+    if padding != args.padding_mode:  # --tile: the same weights, wrapping around
+        extractor = build_extractor(network, loaded.weights, layers, padding)
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
     interframe = None
     if animated:
@@ -514,7 +580,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         for warning in unreachable_targets(target, unrelated, args.count, args.if_order):
             log(f"warning: {warning}")
 
-    sizes = level_sizes(canvas_height, canvas_width, args.octaves, args.padding_mode)
+    sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
 
     @functools.lru_cache(maxsize=None)
     def stage(first: int) -> Callable:
@@ -528,7 +594,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         absent = np.full(first, np.nan)
 
         def loss_fn(x):
-            grams = multiscale_grams(x, extractor, levels, args.padding_mode)
+            grams = multiscale_grams(x, extractor, levels, padding)
             total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
             if animated and first == 0:
                 total = total + args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
@@ -548,16 +614,18 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
-                                     padding=args.padding_mode),
+                                     padding=padding),
                    x0, margin, seed, interframe)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     """Synthesise as ``args`` say; returns the run record also written as run.json."""
     import autodiff
-    from images import save_png
+    from images import repeat_2x2, save_png
     from optimize import NonFiniteLoss, Progress
-    from outputs import create_run_dir, frame_file, run_dir_name, snapshot_file, write_json, write_text
+    from outputs import (create_run_dir, frame_file, run_dir_name, snapshot_file, tiled_preview_file,
+                         write_json, write_text)
+    from quality import seam_ratio
     from animation import ANIMATION_FILE, measured_distances, save_animation
     from pyramid import resize_images
     from vgg16 import deprocess
@@ -569,7 +637,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     run_dir = create_run_dir(Path(args.output_dir), run_dir_name(
         args.output_prefix, args.layers, args.octaves, width, height, source_scale=args.source_scale,
         source_width=args.source_width, count=args.count, if_shift=args.if_shift, mul=args.mul,
-        join_mode=args.join_mode))
+        join_mode=args.join_mode, tile=args.tile))
     write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
 
     def visible(x):
@@ -630,6 +698,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         save_animation(run_dir / ANIMATION_FILE, deprocess(final))
         record["interframe"] = {**problem.interframe, "distances": measured_distances(final, args.if_order)}
     record["stages"] = progress.stages
+    if args.tile:
+        for frame, image in enumerate(deprocess(final)):
+            save_png(run_dir / tiled_preview_file(frame, args.count), repeat_2x2(image))
+        record["seam_ratios"] = [round(seam_ratio(image), 4) for image in deprocess(final)]
+        reporter.message(f"seam ratio {_join(record['seam_ratios'])} (1: the wrap seam is like any other pixel step)")
     write_pictures(run_dir, progress)
     write_record(exit_status=exit_status)
     return record

@@ -99,6 +99,14 @@ def deprocess(x: np.ndarray) -> np.ndarray:
 # The model
 
 
+def pools_through(network: str, deepest: str) -> int:
+    """Number of 2x2 stride-2 poolings from the input down to layer ``deepest``, that layer included."""
+    names = layer_names(network)
+    if deepest not in names:
+        raise ValueError(f"unknown layer {deepest!r}")
+    return sum("_pool" in name for name in names[: names.index(deepest) + 1])
+
+
 def receptive_margin(network: str, deepest: str, padding: str) -> int:
     """Pixels lost on each side of the input down to layer ``deepest`` with valid padding.
 
@@ -154,8 +162,10 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
     average pooling with stride 2 (better for synthesis than max pooling, as
     Gatys et al. recommend); every conv is followed by ReLU. ``padding`` is a
     mode of ``padding.py`` and applies to convs and pools alike (pools pad, if
-    at all, at the bottom/right edge and average only real pixels). The
-    model's outputs are a list in the order of ``outputs``.
+    at all, at the bottom/right edge and average only real pixels; in
+    ``circular`` mode the sides must be even at every pool, so that no pool
+    pads and the wrap stays exact). The model's outputs are a list in the
+    order of ``outputs``.
     """
     import keras
 
