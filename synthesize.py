@@ -522,7 +522,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     from pyramid import level_sizes
     from images import load_rgb, resize
     from seeds import image_start, starting_images
-    from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, preprocess
+    from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess
 
     autodiff.init_backend(verbose=args.debug)
     width, height = args.output_width, args.output_height
@@ -612,6 +612,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
     else:
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
+    x0 = np.clip(x0, *pixel_bounds())  # pixels stay in 0..255 throughout (see optimise)
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
@@ -621,13 +622,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     """Synthesise as ``args`` say; returns the run record also written as run.json."""
     import autodiff
+    from animation import ANIMATION_FILE, measured_distances, save_animation
     from images import repeat_2x2, save_png
     from optimize import NonFiniteLoss, Progress
     from outputs import (create_run_dir, frame_file, run_dir_name, snapshot_file, tiled_preview_file,
                          write_json, write_text)
-    from quality import seam_ratio
-    from animation import ANIMATION_FILE, measured_distances, save_animation
     from pyramid import resize_images
+    from quality import seam_ratio
     from vgg16 import deprocess
 
     started = time.monotonic()
@@ -640,14 +641,13 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         join_mode=args.join_mode, tile=args.tile))
     write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
 
-    def visible(x):
-        """The frames as saved: (count, H, W, 3), the hidden margin cropped away."""
-        return x[:, margin:margin + height, margin:margin + width]
-
-    def save_frames(stem_of_frame, x) -> None:
+    def save_frames(stem_of_frame, x):
+        """Save the frames as the user sees them; returns them, RGB uint8 (count, H, W, 3)."""
         x = resize_images(x, problem.level_sizes[0])  # a coarse stage's image, shown at full size
-        for frame, image in enumerate(deprocess(visible(x))):
+        frames = deprocess(x[:, margin:margin + height, margin:margin + width])  # without the hidden margin
+        for frame, image in enumerate(frames):
             save_png(run_dir / stem_of_frame(frame), image)
+        return frames
 
     save_frames(lambda f: frame_file("Aseed", f), problem.x0)
     progress = Progress(start_iteration=args.start_iteration)
@@ -692,16 +692,17 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         reporter.close()
     if exit_status:
         reporter.message(f"stopped: {progress.stop_reason}; saving the current image")
-    save_frames(lambda f: frame_file("final", f), progress.best_x)
-    final = visible(resize_images(progress.best_x, problem.level_sizes[0]))
+    final = save_frames(lambda f: frame_file("final", f), progress.best_x)
     if problem.interframe is not None:
-        save_animation(run_dir / ANIMATION_FILE, deprocess(final))
-        record["interframe"] = {**problem.interframe, "distances": measured_distances(final, args.if_order)}
+        save_animation(run_dir / ANIMATION_FILE, final)
+        # distances of the saved frames, in the caffe units of the target (a shift of the means cancels)
+        record["interframe"] = {**problem.interframe,
+                                "distances": measured_distances(final.astype("float32"), args.if_order)}
     record["stages"] = progress.stages
     if args.tile:
-        for frame, image in enumerate(deprocess(final)):
+        for frame, image in enumerate(final):
             save_png(run_dir / tiled_preview_file(frame, args.count), repeat_2x2(image))
-        record["seam_ratios"] = [round(seam_ratio(image), 4) for image in deprocess(final)]
+        record["seam_ratios"] = [round(seam_ratio(image), 4) for image in final]
         reporter.message(f"seam ratio {_join(record['seam_ratios'])} (1: the wrap seam is like any other pixel step)")
     write_pictures(run_dir, progress)
     write_record(exit_status=exit_status)
