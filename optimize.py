@@ -1,4 +1,5 @@
-"""L-BFGS-B over the pixels of the images being synthesised (scipy's implementation).
+"""L-BFGS-B over the pixels of the images being synthesised (scipy's implementation), and the
+schedule that runs it (plain, or coarse-to-fine over the pyramid's levels).
 
 One L-BFGS *iteration* is one accepted step of the optimiser; each iteration
 evaluates the loss and its gradient once or more (the line search may try
@@ -70,17 +71,23 @@ def lbfgs(
         x0 = np.clip(x0, low.reshape(shape), high.reshape(shape))
         box = scipy.optimize.Bounds(low, high)
     progress.best_x = x0.astype(np.float32)
-    loss0 = value_and_grad(progress.best_x)[0]
-    progress.initial_loss = loss0
+    first = value_and_grad(progress.best_x)
+    loss0 = progress.initial_loss = first[0]
     if not math.isfinite(loss0):
         raise NonFiniteLoss(f"the starting loss is {loss0}")
     scale = LOSS_UNIT / loss0 if loss0 > 0 else 1.0
 
     last_aux = []
+    start = {"x": progress.best_x, "value": first}  # scipy's first call asks for the start again
 
     def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
         progress.evaluations += 1
-        loss, grad, *aux = value_and_grad(flat.astype(np.float32).reshape(shape))
+        x = flat.astype(np.float32).reshape(shape)
+        if start and np.array_equal(x, start["x"]):
+            loss, grad, *aux = start.pop("value")
+            start.clear()
+        else:
+            loss, grad, *aux = value_and_grad(x)
         if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
             raise NonFiniteLoss(f"the loss became {loss} at evaluation {progress.evaluations}")
         last_aux[:] = aux
@@ -101,3 +108,67 @@ def lbfgs(
     progress.stop_reason = str(result.message)
     return progress
 
+
+def stage_budgets(max_iter: int, stages: int) -> list[int]:
+    """Iterations of each coarse-to-fine stage, coarsest first: the full-size stage gets half of
+    ``max_iter``, the coarser stages share the rest equally (they cost 4x, 16x, ... less each)."""
+    if stages == 1:
+        return [max_iter]
+    final = max_iter - max_iter // 2
+    share, extra = divmod(max_iter - final, stages - 1)
+    return [share + (1 if i < extra else 0) for i in range(stages - 1)] + [final]
+
+
+def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
+             on_iteration: Callable[[Progress], None], progress: Progress,
+             on_stage: Callable = lambda total, first, label: None) -> Progress:
+    """Run L-BFGS-B as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
+
+    ``problem``: synthesize.Problem (its ``x0``, ``level_sizes`` and ``stage(level)``
+    losses). ``max_iter`` counts from the run's start (``progress.start_iteration``).
+
+    plain: all iterations on the full-size canvas. coarse-to-fine: start on a
+    canvas the size of the coarsest pyramid level with the loss of that level
+    alone, then upsample the result to the next level's size and optimise the
+    loss of the levels that exist there, and so on up to full size. Iterations
+    are counted across stages; ``progress.best_x`` is the current stage's
+    image (smaller than the canvas in coarse stages).
+    """
+    from pyramid import resize_images
+    from vgg16 import pixel_bounds
+
+    bounds = pixel_bounds()  # the saved image is what was optimised: no clipping at the end
+    remaining = max_iter - progress.start_iteration
+    levels = [0] if schedule == "plain" else list(range(octaves - 1, -1, -1))
+    x = problem.x0
+    if len(levels) > 1:  # the run's starting loss is the full-size loss of the starting canvas
+        progress.initial_loss = problem.stage(0)(x)[0]
+    for number, (level, budget) in enumerate(zip(levels, stage_budgets(remaining, len(levels)), strict=True)):
+        h, w = problem.level_sizes[level]
+        label = "synthesising" if len(levels) == 1 else (
+            f"stage {number + 1}/{len(levels)}: {w}x{h}, {octaves - level} octave(s)")
+        on_stage(progress.iterations + budget, progress.iterations, label)
+        stage = Progress()
+        done_before, evaluations_before = len(progress.loss_history), progress.evaluations
+
+        def forward(stage_progress: Progress) -> None:
+            progress.loss_history.append(stage_progress.loss_history[-1])
+            progress.aux_history.extend(stage_progress.aux_history[len(progress.aux_history) - done_before:])
+            progress.evaluations = evaluations_before + stage_progress.evaluations
+            progress.best_x = stage_progress.best_x
+            on_iteration(progress)
+
+        x = resize_images(x, (h, w))
+        try:
+            lbfgs(problem.stage(level), x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage,
+                  bounds=bounds)
+        finally:
+            if len(levels) == 1:
+                progress.initial_loss = stage.initial_loss
+            if stage.best_x is not None:
+                progress.best_x = stage.best_x
+            progress.stop_reason = stage.stop_reason
+            progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
+                                    "initial_loss": stage.initial_loss, "final_loss": stage.final_loss})
+        x = stage.best_x
+    return progress

@@ -624,7 +624,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     import autodiff
     from animation import ANIMATION_FILE, measured_distances, save_animation
     from images import repeat_2x2, save_png
-    from optimize import NonFiniteLoss, Progress
+    from optimize import NonFiniteLoss, Progress, optimise
     from outputs import (create_run_dir, frame_file, run_dir_name, snapshot_file, tiled_preview_file,
                          write_json, write_text)
     from pyramid import resize_images
@@ -677,7 +677,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
 
     exit_status = 0
     try:
-        optimise(args, problem, on_iteration, progress, on_stage=reporter.start)
+        optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress,
+                 on_stage=reporter.start)
         record["status"] = "finished"
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
@@ -707,66 +708,6 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     write_pictures(run_dir, progress)
     write_record(exit_status=exit_status)
     return record
-
-
-def stage_budgets(max_iter: int, stages: int) -> list[int]:
-    """Iterations of each coarse-to-fine stage, coarsest first: the full-size stage gets half of
-    ``max_iter``, the coarser stages share the rest equally (they cost 4x, 16x, ... less each)."""
-    if stages == 1:
-        return [max_iter]
-    final = max_iter - max_iter // 2
-    share, extra = divmod(max_iter - final, stages - 1)
-    return [share + (1 if i < extra else 0) for i in range(stages - 1)] + [final]
-
-
-def optimise(args: argparse.Namespace, problem: Problem, on_iteration: Callable, progress,
-             on_stage: Callable = lambda total, first, label: None):
-    """Run L-BFGS-B as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
-
-    plain: all iterations on the full-size canvas. coarse-to-fine: start on a
-    canvas the size of the coarsest pyramid level with the loss of that level
-    alone, then upsample the result to the next level's size and optimise the
-    loss of the levels that exist there, and so on up to full size. Iterations
-    are counted across stages; ``progress.best_x`` is the current stage's
-    image (smaller than the canvas in coarse stages).
-    """
-    from optimize import Progress, lbfgs
-    from pyramid import resize_images
-    from vgg16 import pixel_bounds
-
-    bounds = pixel_bounds()  # the saved image is what was optimised: no clipping at the end
-    remaining = args.max_iter - progress.start_iteration
-    levels = [0] if args.schedule == "plain" else list(range(args.octaves - 1, -1, -1))
-    x = problem.x0
-    # the run's starting loss is always the full-size loss of the starting canvas
-    progress.initial_loss = problem.value_and_grad(x)[0]
-    for number, (level, budget) in enumerate(zip(levels, stage_budgets(remaining, len(levels)), strict=True)):
-        h, w = problem.level_sizes[level]
-        label = "synthesising" if len(levels) == 1 else (
-            f"stage {number + 1}/{len(levels)}: {w}x{h}, {args.octaves - level} octave(s)")
-        on_stage(progress.iterations + budget, progress.iterations, label)
-        stage = Progress()
-        done_before, evaluations_before = len(progress.loss_history), progress.evaluations
-
-        def forward(stage_progress: Progress) -> None:
-            progress.loss_history.append(stage_progress.loss_history[-1])
-            progress.aux_history.extend(stage_progress.aux_history[len(progress.aux_history) - done_before:])
-            progress.evaluations = evaluations_before + stage_progress.evaluations
-            progress.best_x = stage_progress.best_x
-            on_iteration(progress)
-
-        x = resize_images(x, (h, w))
-        try:
-            lbfgs(problem.stage(level), x, max_iter=budget, tol=args.tol, on_iteration=forward, progress=stage,
-                  bounds=bounds)
-        finally:
-            if stage.best_x is not None:
-                progress.best_x = stage.best_x
-            progress.stop_reason = stage.stop_reason
-            progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
-                                    "initial_loss": stage.initial_loss, "final_loss": stage.final_loss})
-        x = stage.best_x
-    return progress
 
 
 def write_pictures(run_dir: Path, progress) -> None:

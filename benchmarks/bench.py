@@ -17,9 +17,11 @@ the same numbers as JSON (``--json``, default benchmarks/results.json).
   scipy); overhead = s/iter / bare s.
 - GFLOP: conv work of one loss-and-gradient evaluation, counted as 2 FLOP per
   multiply-add, forward plus input gradient (the same again), every level.
-- time to quality (``--ttq``): wall seconds until the loss first falls below 1e-2
-  and 1e-3 of the starting loss, and the loss after a fixed time budget, for each
-  --schedule.
+- time to quality (``--ttq SECONDS``): 512 px, ``-m 500``, each --schedule: wall
+  seconds until the full-size loss first falls below 1e-2 and 1e-3 of the starting
+  loss, and the loss when the run ends (its 500 iterations or the time budget,
+  whichever comes first). Coarse stages report partial losses, so only the
+  full-size stage can cross the thresholds.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "examples" / "gravel.png"
 TTQ_FRACTIONS = (1e-2, 1e-3)  # time-to-quality thresholds, as fractions of the starting loss
+TTQ_MAX_ITER = 500  # --max-iter of the time-to-quality runs (the default; it sets the stage budgets)
 
 
 def conv_flops(network: str, layers: list[str], sizes: list[tuple[int, int]], padding: str, count: int) -> float:
@@ -126,7 +129,7 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
 def time_to_quality(network: str, size: int, budget_s: float, extra: list[str]) -> dict:
     """Run synthesize.py for ``budget_s`` seconds of optimisation; when did the loss cross the thresholds?"""
     import synthesize
-    from optimize import Progress
+    from optimize import Progress, optimise
 
     reference = {}
     crossings = {f: None for f in TTQ_FRACTIONS}
@@ -137,26 +140,29 @@ def time_to_quality(network: str, size: int, budget_s: float, extra: list[str]) 
 
     def on_iteration(p: Progress) -> None:
         now = time.perf_counter() - reference["start"]
-        trace.append((now, p.final_loss))
+        full_size = p.best_x.shape == reference["shape"]  # coarse stages have partial losses
+        trace.append((now, p.final_loss, full_size))
         for fraction in TTQ_FRACTIONS:
-            if crossings[fraction] is None and p.final_loss < fraction * reference["loss"]:
+            if full_size and crossings[fraction] is None and p.final_loss < fraction * reference["loss"]:
                 crossings[fraction] = now
         if now > budget_s:
             raise Stop
 
     args = synthesize.parse_args(["-s", str(EXAMPLE), "-ow", str(size), "--network", network,
-                                  "--random-seed", "0", "-q", "-m", "100000", "--tol", "0", *extra])
+                                  "--random-seed", "0", "-q", "-m", str(TTQ_MAX_ITER), "--tol", "0", *extra])
     problem = synthesize.prepare(args, lambda message: None)
     reference["loss"] = problem.value_and_grad(problem.x0)[0]  # the plain, full-size starting loss
+    reference["shape"] = problem.x0.shape
     reference["start"] = time.perf_counter()
     try:
-        synthesize.optimise(args, problem, on_iteration)
+        optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, Progress())
     except Stop:
         pass
     return {"network": network, "size": size, "extra": extra, "budget_s": budget_s,
             "initial_loss": reference["loss"],
             **{f"s_to_{f:g}": crossings[f] for f in TTQ_FRACTIONS},
-            "final_loss": trace[-1][1] if trace else None, "trace": trace}
+            "final_loss": trace[-1][1] if trace else None, "seconds": trace[-1][0] if trace else None,
+            "iterations": len(trace), "trace": trace}
 
 
 def child(argv: list[str]) -> dict:
@@ -178,6 +184,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Speed benchmark of synthesize.py")
     parser.add_argument("--quick", action="store_true", help="256 px, VGG-19 only, fewer iterations")
     parser.add_argument("--large", action="store_true", help="also 1024x1024")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="output sizes (overrides the above)")
     parser.add_argument("--networks", nargs="+", default=None, help="default: every network whose weights are here")
     parser.add_argument("--iterations", type=int, default=10, help="measured iterations per configuration")
     parser.add_argument("--ttq", type=float, default=0, metavar="SECONDS",
@@ -185,6 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", default="-p reflect",
                         help="extra synthesize.py flags for every configuration (default: -p reflect, since "
                         "valid padding cannot run 4 octaves at 256 px)")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-iteration table (with --ttq)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--one", nargs=4, metavar=("NETWORK", "SIZE", "ITERATIONS", "WARMUP"), help=argparse.SUPPRESS)
     parser.add_argument("--ttq-one", nargs=3, metavar=("NETWORK", "SIZE", "BUDGET"), help=argparse.SUPPRESS)
@@ -201,14 +209,14 @@ def main(argv=None) -> int:
         return 0
 
     networks = args.networks or (["vgg19"] if args.quick else available_networks())
-    sizes = [256] if args.quick else [256, 512] + ([1024] if args.large else [])
+    sizes = args.sizes or ([256] if args.quick else [256, 512] + ([1024] if args.large else []))
     iterations, warmup = (5, 2) if args.quick else (args.iterations, 3)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; extra flags: {args.extra or '(none)'}")
     print(f"{'network':8} {'size':>5} {'s/iter':>8} {'evals/it':>8} {'bare s':>8} {'overhead':>8} "
           f"{'GFLOP':>7} {'GFLOP/s':>8} {'peak MiB':>9}")
     rows = []
-    for network in networks:
+    for network in [] if args.no_table else networks:
         for size in sizes:
             extra_args = ["--extra", args.extra] if args.extra else []
             r = child(["--one", network, str(size), str(iterations), str(warmup), *extra_args])
@@ -219,14 +227,15 @@ def main(argv=None) -> int:
     ttq = []
     if args.ttq:
         print(f"\ntime to quality, {networks[0]} 512 px, budget {args.ttq:g} s per schedule")
-        print(f"{'schedule':16} {'s to 1e-2':>10} {'s to 1e-3':>10} {'loss at end':>12}")
+        print(f"{'schedule':16} {'s to 1e-2':>10} {'s to 1e-3':>10} {'loss at end':>12} {'iters':>6} {'s':>7}")
         for schedule in ("plain", "coarse-to-fine"):
             extra_args = ["--extra", f"{args.extra} --schedule {schedule}".strip()]
             r = child(["--ttq-one", networks[0], "512", str(args.ttq), *extra_args])
             r["schedule"] = schedule
             ttq.append(r)
             fmt = lambda v: f"{v:>10.1f}" if v is not None else f"{'never':>10}"  # noqa: E731
-            print(f"{schedule:16} {fmt(r['s_to_0.01'])} {fmt(r['s_to_0.001'])} {r['final_loss']:>12.4g}", flush=True)
+            print(f"{schedule:16} {fmt(r['s_to_0.01'])} {fmt(r['s_to_0.001'])} {r['final_loss']:>12.4g} "
+                  f"{r['iterations']:>6} {r['seconds']:>7.1f}", flush=True)
     args.json.write_text(json.dumps({"machine": machine, "extra": args.extra, "results": rows,
                                      "time_to_quality": ttq}, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,3 +37,16 @@ def example_rgb() -> np.ndarray:
 def no_download(monkeypatch, tmp_path):
     """Keras' cache points at an empty directory and nothing is downloaded."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+def interrupt_cli(argv: list[str], wait_for: Path, sig: int) -> tuple[int, str]:
+    """Run synthesize.py as a subprocess, send ``sig`` once ``wait_for`` exists; (exit status, stderr)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "synthesize.py"), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not wait_for.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err

@@ -5,16 +5,13 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EXAMPLE, REPO
+from conftest import EXAMPLE, interrupt_cli
 from gram import loss_per_level, multiscale_grams, source_targets, style_terms, term_weights
 from reporting import Reporter
 from synthesize import main
@@ -71,16 +68,9 @@ def test_bad_init_image_names_the_flag(tmp_path, capsys):
 
 def test_resume_continues_an_interrupted_run(tmp_path):
     args = [*BASE, "-m", "100000", "-n", "2", "--tol", "0", "--random-seed", "3", "--output-dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, str(REPO / "synthesize.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = tmp_path / "out.L2,7.o2.72x72"
-    deadline = time.monotonic() + 300
-    while not (first / "I0004_F0000.png").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    returncode, err = interrupt_cli(args, first / "I0004_F0000.png", signal.SIGINT)
+    assert returncode == 130, err
     done = _record(first)["iterations"]
     assert done >= 4
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ import pytest
 from PIL import Image
 
 import synthesize
-from conftest import EXAMPLE, REPO
-from errors import SynthesisError, UsageError
+from conftest import EXAMPLE, REPO, interrupt_cli
+from errors import UsageError
 from images import expand_sources, load_rgb
 from optimize import NonFiniteLoss, lbfgs
 from synthesize import main
@@ -241,16 +239,9 @@ def test_disk_full_while_saving_leaves_no_partial_file(tmp_path, capsys, monkeyp
 def test_signal_saves_result_and_records_interruption(sig, status, tmp_path):
     args = ["-s", str(EXAMPLE), "-ow", "72", "-o", "2", "-m", "100000", "-n", "2", "--tol", "0",
             "--network", "vgg19", "--output-dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, str(REPO / "synthesize.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "out.L2,7.o2.72x72"
-    deadline = time.monotonic() + 300
-    while not (run_dir / "I0004_F0000.png").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == status, err
+    returncode, err = interrupt_cli(args, run_dir / "I0004_F0000.png", sig)
+    assert returncode == status, err
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted" and record["interrupted_at_iteration"] >= 4
     assert record["exit_status"] == status
