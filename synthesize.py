@@ -682,7 +682,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         record["status"] = "finished"
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
-        progress.stop_reason = f"{err}; kept the last finite iterate"
+        kept = "the last finite iterate" if progress.loss_history else "the starting image"
+        progress.stop_reason = f"{err}; kept {kept}"
         exit_status = 1
     except Interrupted as interrupt:
         record["status"] = "interrupted"

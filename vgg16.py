@@ -143,9 +143,14 @@ def layer_sizes(network: str, deepest: str, height: int, width: int, padding: st
     raise ValueError(f"unknown layer {deepest!r}")
 
 
+BLOCK_CHANNELS = (64, 128, 256, 512, 512)  # channels of every layer in VGG's blocks 1-5
+
+
 def layer_channels(network: str) -> list[int]:
     """Number of channels of every layer of ``network``, in ``layer_names`` order."""
-    return [(64, 128, 256, 512, 512)[int(name[5]) - 1] for name in layer_names(network)]
+    return [BLOCK_CHANNELS[block]
+            for block, convs in enumerate(CONVS_PER_BLOCK[network])
+            for _ in range(convs + 1)]  # the block's convs and its pool
 
 
 def activation_floats(network: str, deepest: str, height: int, width: int, padding: str) -> int:
@@ -207,9 +212,9 @@ class LoadedWeights:
 def _check_conv_shapes(network: str, weights: Weights, path) -> None:
     """Raise SynthesisError unless every conv of ``network`` has VGG's shapes."""
     channels_in = 3
-    for name in conv_names(network):
-        block = int(name[5])
-        channels_out = (64, 128, 256, 512, 512)[block - 1]
+    for name, channels_out in zip(layer_names(network), layer_channels(network), strict=True):
+        if "_conv" not in name:
+            continue
         if name not in weights:
             raise SynthesisError(f"weights file {path} has no layer '{name}'")
         kernel, bias = weights[name]
