@@ -255,13 +255,12 @@ def _without(argv: Sequence[str], flag: str) -> list[str]:
     return out
 
 
-def last_saved_image(run_dir: Path) -> tuple[Path, int]:
+def last_saved_image(run_dir: Path, record: dict) -> tuple[Path, int]:
     """The newest image of frame 0 in ``run_dir`` and the iteration it was saved at.
 
-    ``final_F0000.png`` (at the iterations recorded in run.json) if present,
-    else the snapshot with the highest iteration number.
+    ``final_F0000.png`` (at the iterations recorded in ``record``, the run's
+    run.json) if present, else the snapshot with the highest iteration number.
     """
-    record = _read_record(run_dir)
     final = run_dir / "final_F0000.png"
     if final.is_file() and isinstance(record.get("iterations"), int):
         return final, record["iterations"]
@@ -301,8 +300,9 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int]:
         raise SynthesisError(f"--resume {run_dir}: no such run directory")
     if any(arg == "--init-image" or arg.startswith("--init-image=") for arg in argv):
         raise UsageError("--init-image and --resume exclude each other: --resume starts from the run's last image")
-    recorded = _read_record(run_dir)["command"][1:]
-    image, iteration = last_saved_image(run_dir)
+    record = _read_record(run_dir)
+    image, iteration = last_saved_image(run_dir, record)
+    recorded = record["command"][1:]
     recorded = _without(_without(recorded, "--init-image"), "--resume")
     return [*recorded, *argv, "--init-image", str(image)], iteration
 
