@@ -80,14 +80,9 @@ def term_weights(octave_weights: Sequence[float], layer_weights: Sequence[float]
     return [float(w_o) * float(w_l) for w_o in octave_weights for w_l in layer_weights]
 
 
-def style_loss(grams: Sequence, targets: Sequence, weights: Sequence[float] | None = None):
-    """Weighted sum of ``style_terms`` (all weights 1 by default): the texture loss, a scalar."""
-    terms = style_terms(grams, targets)
-    weights = [1.0] * len(terms) if weights is None else weights
-    total = 0.0
-    for weight, term in zip(weights, terms, strict=True):
-        total = total + weight * term
-    return total
+def style_loss(grams: Sequence, targets: Sequence):
+    """The unweighted texture loss, a scalar: the sum of ``style_terms``."""
+    return loss_per_level(grams, targets, [1.0] * len(grams), 1)[0]
 
 
 def loss_per_level(grams: Sequence, targets: Sequence, weights: Sequence[float], levels: int):

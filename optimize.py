@@ -149,11 +149,12 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             f"stage {number + 1}/{len(levels)}: {w}x{h}, {octaves - level} octave(s)")
         on_stage(progress.iterations + budget, progress.iterations, label)
         stage = Progress()
-        done_before, evaluations_before = len(progress.loss_history), progress.evaluations
+        evaluations_before = progress.evaluations
 
         def forward(stage_progress: Progress) -> None:
             progress.loss_history.append(stage_progress.loss_history[-1])
-            progress.aux_history.extend(stage_progress.aux_history[len(progress.aux_history) - done_before:])
+            if stage_progress.aux_history:
+                progress.aux_history.append(stage_progress.aux_history[-1])
             progress.evaluations = evaluations_before + stage_progress.evaluations
             progress.best_x = stage_progress.best_x
             on_iteration(progress)

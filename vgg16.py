@@ -107,24 +107,6 @@ def pools_through(network: str, deepest: str) -> int:
     return sum("_pool" in name for name in names[: names.index(deepest) + 1])
 
 
-def receptive_margin(network: str, deepest: str, padding: str) -> int:
-    """Pixels lost on each side of the input down to layer ``deepest`` with valid padding.
-
-    In the padding modes that keep sizes no pixels are lost and the result is 0.
-    """
-    if not shrinks(padding):
-        return 0
-    margin, scale = 0, 1
-    for name in layer_names(network):
-        if "_conv" in name:
-            margin += scale  # a 3x3 conv loses one pixel per side at this layer's scale
-        else:
-            scale *= 2
-        if name == deepest:
-            return margin
-    raise ValueError(f"unknown layer {deepest!r}")
-
-
 def layer_sizes(network: str, deepest: str, height: int, width: int, padding: str) -> list[tuple[int, int]]:
     """Spatial size of every layer up to ``deepest`` for an input of height x width."""
     sizes = []
