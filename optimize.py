@@ -1,21 +1,32 @@
-"""L-BFGS-B over the pixels of the images being synthesised (scipy's implementation), and the
-schedule that runs it (plain, or coarse-to-fine over the pyramid's levels).
+"""L-BFGS with box bounds over the pixels of the images being synthesised, and the schedule
+that runs it (plain, or coarse-to-fine over the pyramid's levels).
 
 One L-BFGS *iteration* is one accepted step of the optimiser; each iteration
 evaluates the loss and its gradient once or more (the line search may try
 several step lengths), so evaluations >= iterations.
+
+Why not scipy's L-BFGS-B: its Fortran works in float64 on the host and, with
+bounds, sorts breakpoints every iteration; for the 0.8 M variables of a
+512x512 image that costs 0.1-0.25 s per iteration, 10-25% of the network's own
+time. This one is projected L-BFGS (the two-loop recursion on the free
+variables, a backtracking line search along the projected path), all in
+float32 numpy: a few ms per iteration.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import scipy.optimize
 
 LOSS_UNIT = 1e4  # the optimiser sees the loss scaled so that the starting loss is this
+MEMORY = 10  # correction pairs L-BFGS keeps (scipy's default)
+ARMIJO = 1e-4  # sufficient decrease: the loss must fall by this fraction of what its slope promises
+CURVATURE = 0.9  # and the slope along the step must have flattened to this fraction (weak Wolfe)
+MAX_TRIALS = 20  # step lengths the line search tries before giving up
 ValueAndGrad = Callable[[np.ndarray], tuple]  # x -> (loss, grad) or (loss, grad, aux)
 
 
@@ -46,66 +57,164 @@ class NonFiniteLoss(ArithmeticError):
     """The loss or its gradient became NaN or infinite."""
 
 
+def _finite(loss: float, grad: np.ndarray) -> bool:
+    return math.isfinite(loss) and bool(np.all(np.isfinite(grad)))
+
+
+def two_loop(gradient: np.ndarray, pairs: deque) -> np.ndarray:
+    """L-BFGS's estimate of inverse-Hessian x ``gradient`` (Nocedal & Wright, algorithm 7.4).
+
+    ``gradient``: (n,) float32. ``pairs``: (s, y, 1 / s.y) of the last steps,
+    oldest first, s and y (n,) float32. The initial Hessian is s.y / y.y of the
+    newest pair times the identity (the identity with no pairs). Returns (n,).
+    """
+    q = gradient.copy()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        alpha = rho * float(np.dot(s, q))
+        q -= np.float32(alpha) * y
+        alphas.append(alpha)
+    if pairs:
+        s, y, rho = pairs[-1]
+        q *= np.float32(1.0 / (rho * float(np.dot(y, y))))
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+        beta = rho * float(np.dot(y, q))
+        q += np.float32(alpha - beta) * s
+    return q
+
+
+@dataclass
+class Point:
+    """An evaluated iterate: x (n,) float32, the scaled loss, its gradient (n,) float32, aux."""
+
+    x: np.ndarray
+    loss: float
+    grad: np.ndarray
+    aux: list
+
+
+def line_search(evaluate: Callable[[np.ndarray], Point], start: Point, direction: np.ndarray, step: float,
+                project: Callable[[np.ndarray], np.ndarray]) -> Point | None:
+    """Find a step along ``direction`` (n,) from ``start`` meeting the weak Wolfe conditions.
+
+    The trial points are ``project(start.x + t direction)``. A step is accepted
+    when the loss falls by at least ``ARMIJO`` x the slope's promise and the
+    slope along the move has flattened to ``CURVATURE`` x its start, which keeps
+    the curvature s.y positive for L-BFGS's update, also where the loss is not
+    convex (starting from noise, a Gram loss curves downwards along the
+    gradient, and only extrapolating gets past that). Too long: shrink
+    (interpolating a quadratic, or bisecting); too short: grow 4x.
+    Returns the accepted point, the best sufficiently lower one if ``MAX_TRIALS``
+    run out, or None when no trial lowered the loss.
+    """
+    short, long = 0.0, math.inf
+    shortest_good = None
+    for _trial in range(MAX_TRIALS):
+        trial = project(start.x + np.float32(step) * direction)
+        moved = trial - start.x
+        promise = float(np.dot(start.grad, moved))
+        if not promise < 0:  # the projection left no descent at this length
+            long = step
+        else:
+            point = evaluate(trial)
+            if point.loss > start.loss + ARMIJO * promise:
+                long = step
+                if shortest_good is None:  # a quadratic through loss, slope and this trial
+                    curvature = point.loss - start.loss - promise
+                    guess = -promise * step / (2 * curvature) if curvature > 0 else 0.5 * step
+                    step = min(max(guess, 0.1 * step), 0.5 * step)
+                    continue
+            elif float(np.dot(point.grad, moved)) < CURVATURE * promise:
+                short, shortest_good = step, point
+            else:
+                return point
+        step = 4 * step if math.isinf(long) else 0.5 * (short + long)
+    return shortest_good
+
+
 def lbfgs(
     value_and_grad: ValueAndGrad, x0: np.ndarray, *, max_iter: int, tol: float,
     on_iteration: Callable[[Progress], None] = lambda progress: None,
     progress: Progress | None = None, bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    memory: int = MEMORY,
 ) -> Progress:
-    """Minimise ``value_and_grad`` from ``x0`` (float32, any shape) with L-BFGS-B.
+    """Minimise ``value_and_grad`` from ``x0`` (float32, any shape) with L-BFGS.
 
-    ``tol`` is scipy's ``tol`` (relative loss reduction and projected gradient
-    size at which to stop). The loss is optimised in units where the starting
-    loss is ``LOSS_UNIT``, so that ``tol`` means the same whatever the image
-    size, layers or weights; reported losses stay in the documented units.
+    ``tol`` means what it means to scipy's L-BFGS-B: stop when an iteration
+    reduces the loss by at most ``tol`` relative to max(|loss|, 1), or when
+    the largest projected-gradient component is at most ``tol``. The loss is
+    optimised in units where the starting loss is ``LOSS_UNIT``, so that
+    ``tol`` means the same whatever the image size, layers or weights; reported
+    losses stay in the documented units.
     ``on_iteration`` runs after every iteration with the updated ``progress``.
     ``bounds``: (low, high) arrays broadcastable to ``x0``'s shape; every pixel
-    then stays in that range (``x0`` is clipped into it first).
+    then stays in that range (``x0`` is clipped into it first): a variable at a
+    bound whose gradient points outwards is held fixed for that iteration, and
+    trial points are projected into the box.
     Returns ``progress``; raises ``NonFiniteLoss`` when the loss or gradient
     stops being finite (``progress.best_x`` then holds the last finite iterate).
     """
     progress = progress if progress is not None else Progress()
     shape = x0.shape
-    box = None
+    x = np.array(x0, dtype=np.float32).ravel()
+    project = lambda point: point  # noqa: E731
     if bounds is not None:
-        low, high = (np.broadcast_to(b, shape).astype(np.float64).ravel() for b in bounds)
-        x0 = np.clip(x0, low.reshape(shape), high.reshape(shape))
-        box = scipy.optimize.Bounds(low, high)
-    progress.best_x = x0.astype(np.float32)
-    first = value_and_grad(progress.best_x)
-    loss0 = progress.initial_loss = first[0]
-    if not math.isfinite(loss0):
-        raise NonFiniteLoss(f"the starting loss is {loss0}")
-    scale = LOSS_UNIT / loss0 if loss0 > 0 else 1.0
+        low, high = (np.broadcast_to(np.asarray(b, np.float32), shape).ravel() for b in bounds)
+        project = lambda point: np.clip(point, low, high, out=point)  # noqa: E731
+        project(x)
+    progress.best_x = x.reshape(shape)
+    loss, grad, *_ = value_and_grad(x.reshape(shape))
+    progress.evaluations += 1
+    if not _finite(loss, grad):
+        raise NonFiniteLoss(f"the starting loss is {loss}")
+    progress.initial_loss = loss
+    scale = LOSS_UNIT / loss if loss > 0 else 1.0
 
-    last_aux = []
-    start = {"x": progress.best_x, "value": first}  # scipy's first call asks for the start again
-
-    def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
+    def evaluate(x: np.ndarray) -> Point:
         progress.evaluations += 1
-        x = flat.astype(np.float32).reshape(shape)
-        if start and np.array_equal(x, start["x"]):
-            loss, grad, *aux = start.pop("value")
-            start.clear()
-        else:
-            loss, grad, *aux = value_and_grad(x)
-        if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+        loss, grad, *aux = value_and_grad(x.reshape(shape))
+        if not _finite(loss, grad):
             raise NonFiniteLoss(f"the loss became {loss} at evaluation {progress.evaluations}")
-        last_aux[:] = aux
-        return loss * scale, grad.astype(np.float64).ravel() * scale
+        return Point(x, loss * scale, np.asarray(grad, np.float32).ravel() * np.float32(scale), aux)
 
-    def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
-        # L-BFGS-B accepts the point it evaluated last, so the last aux belongs to it
-        progress.loss_history.append(float(intermediate_result.fun) / scale)
-        if last_aux:
-            progress.aux_history.append(np.asarray(last_aux[0], dtype=np.float64).ravel().tolist())
-        progress.best_x = intermediate_result.x.astype(np.float32).reshape(shape)
+    point = Point(x, loss * scale, np.asarray(grad, np.float32).ravel() * np.float32(scale), [])
+    pairs: deque = deque(maxlen=memory)
+    progress.stop_reason = f"reached the iteration limit ({max_iter})"
+    for _ in range(max_iter):
+        if bounds is None:
+            fixed = None
+            projected = point.grad
+        else:  # at a bound with the gradient pushing outwards
+            fixed = ((point.x <= low) & (point.grad > 0)) | ((point.x >= high) & (point.grad < 0))
+            projected = np.where(fixed, np.float32(0), point.grad)
+        if float(np.max(np.abs(projected), initial=0.0)) <= tol:
+            progress.stop_reason = f"the projected gradient is below --tol ({tol:g})"
+            break
+        direction = -two_loop(projected, pairs)
+        if fixed is not None:
+            direction[fixed] = 0
+        if not float(np.dot(projected, direction)) < 0:  # stale curvature: start again, steepest descent
+            pairs.clear()
+            direction = -projected
+        step = 1.0 if pairs else min(1.0, 1.0 / float(np.linalg.norm(direction)))
+        new = line_search(evaluate, point, direction, step, project)
+        if new is None:
+            progress.stop_reason = f"the line search found no lower loss in {MAX_TRIALS} trials"
+            break
+        moved, change = new.x - point.x, new.grad - point.grad
+        sy = float(np.dot(moved, change))
+        if sy > 1e-10 * float(np.dot(change, change)):
+            pairs.append((moved, change, 1.0 / sy))
+        reduction = (point.loss - new.loss) / max(abs(point.loss), abs(new.loss), 1.0)
+        point = new
+        progress.best_x = point.x.reshape(shape)
+        progress.loss_history.append(point.loss / scale)
+        if point.aux:
+            progress.aux_history.append(np.asarray(point.aux[0], dtype=np.float64).ravel().tolist())
         on_iteration(progress)
-
-    result = scipy.optimize.minimize(
-        fun, x0.astype(np.float64).ravel(), jac=True, method="L-BFGS-B", tol=tol, bounds=box,
-        callback=callback, options={"maxiter": max_iter},
-    )
-    progress.stop_reason = str(result.message)
+        if reduction <= tol:
+            progress.stop_reason = f"the loss changed by less than --tol ({tol:g}) in one iteration"
+            break
     return progress
 
 

@@ -106,9 +106,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max-iter", "-m", type=int, default=500,
-                       help="Maximum iterations for the L-BFGS-B optimizer")
+                       help="Maximum iterations for the L-BFGS optimizer")
     optim.add_argument("--tol", type=float, default=1e-9,
-                       help="Gradient scale at which to terminate optimization (scipy's tol)")
+                       help="Gradient scale at which to terminate optimization: stop when an iteration lowers "
+                       "the loss by less than this, relatively, or no gradient component exceeds it "
+                       "(scipy's L-BFGS-B tol)")
     optim.add_argument("--schedule", choices=SCHEDULES, default="plain",
                        help="plain: optimise the full-size image; coarse-to-fine: start at the coarsest pyramid "
                        "level and upsample each result as the next level's start (--max-iter counts all stages: "

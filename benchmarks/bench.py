@@ -11,12 +11,18 @@ changes that; valid padding cannot run 4 octaves at 256 px). Prints a table and 
 the same numbers as JSON (``--json``, default benchmarks/results.json).
 
 - s/iter: median wall time of one L-BFGS iteration after warm-up (the loss,
-  its gradient, scipy's step, all of it); evals/iter: loss evaluations per iteration.
+  its gradient, the optimiser's step, all of it); evals/iter: loss evaluations
+  per iteration; eval s: median time of one loss-and-gradient evaluation alone
+  (the JSON's optimiser_s = s/iter - evals/iter x eval s).
 - bare s: median time of the network alone on the same pyramid (forward and
   gradient to the input of a plain sum of the features: no Gram matrices, loss or
-  scipy); overhead = s/iter / bare s.
+  optimiser); overhead = s/iter / bare s. The three are timed interleaved, one
+  of each per iteration, so a drift in the machine's speed affects them alike.
 - GFLOP: conv work of one loss-and-gradient evaluation, counted as 2 FLOP per
-  multiply-add, forward plus input gradient (the same again), every level.
+  multiply-add, forward plus input gradient (the same again), every level;
+  GFLOP/s: that over bare s; conv ref: the GFLOP/s of a single 3x3 64 -> 64
+  conv at the image's size, forward and input gradient (what the backend
+  reaches on VGG's convolutions at their best).
 - time to quality (``--ttq SECONDS``): 512 px, ``-m 500``, each --schedule: wall
   seconds until the full-size loss first falls below 1e-2 and 1e-3 of the starting
   loss, and the loss when the run ends (its 500 iterations or the time budget,
@@ -71,9 +77,44 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def reference_gflops(size: int, repeats: int) -> float:
+    """Best GFLOP/s of a single 3x3 conv with ReLU, forward and input gradient, at VGG's shapes
+    for a size x size image (64 -> 64 channels at full size, 128 at half, 256 at a quarter):
+    about the best this backend does on these convolutions. TensorFlow directly, with the
+    tensors kept in the backend, so no copy between numpy and the backend is timed."""
+    import tensorflow as tf
+
+    best = 0.0
+    for channels, side in ((64, size), (128, size // 2), (256, size // 4)):
+        x = tf.random.normal((1, side, side, channels), seed=1)
+        kernel = tf.random.normal((3, 3, channels, channels), stddev=0.05, seed=2)
+
+        @tf.function
+        def step(x, kernel=kernel):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")))
+            return tape.gradient(loss, x)
+
+        step(x)
+        seconds = min(_timed(lambda: step(x).numpy()) for _ in range(repeats))
+        best = max(best, 2 * 2 * side * side * 9 * channels * channels / 1e9 / seconds)
+    return best
+
+
+def _timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
 def one(network: str, size: int, iterations: int, warmup: int, extra: list[str]) -> dict:
-    """Measure one configuration in this process; returns its numbers."""
-    import numpy as np
+    """Measure one configuration in this process; returns its numbers.
+
+    After every L-BFGS iteration (outside its timing) the bare network and the
+    loss-and-gradient alone are timed once at the current image, so all three
+    medians come from the same minutes of a machine whose speed drifts.
+    """
     from keras import ops
 
     import autodiff
@@ -89,40 +130,39 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
     # the bare network: forward and input gradient of a plain sum of the same features
     bare = autodiff.make_value_and_grad(
         lambda x: (sum(ops.sum(f) for f in problem.features(x)), ops.zeros((1,))), shape)
-    x = problem.x0.astype(np.float32)
-    bare(x)  # trace and warm up
-    bare_times = []
-    for _ in range(max(iterations // 2, 5)):
-        start = time.perf_counter()
-        bare(x)
-        bare_times.append(time.perf_counter() - start)
+    bare(problem.x0)  # trace outside the timing
+    problem.value_and_grad(problem.x0)
+    iteration_times, bare_times, eval_times, evals = [], [], [], []
+    mark = {}
 
-    # L-BFGS iterations of the real loss
-    stamps, evals = [], []
-    progress = Progress()
-
-    def on_iteration(p):
-        stamps.append(time.perf_counter())
+    def on_iteration(p: Progress) -> None:
+        iteration_times.append(time.perf_counter() - mark["start"])
         evals.append(p.evaluations)
+        bare_times.append(_timed(bare, p.best_x))
+        eval_times.append(_timed(problem.value_and_grad, p.best_x))
+        mark["start"] = time.perf_counter()
 
-    problem.value_and_grad(x)  # trace outside the timing
-    start = time.perf_counter()
+    progress = Progress()
+    mark["start"] = time.perf_counter()
     lbfgs(problem.value_and_grad, problem.x0, max_iter=warmup + iterations, tol=0, on_iteration=on_iteration,
           progress=progress, bounds=pixel_bounds())
-    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][warmup:]
     eval_counts = [b - a for a, b in zip([1, *evals[:-1]], evals)][warmup:]
-    per_iter = statistics.median(times)
-    bare_s = statistics.median(bare_times)
+    per_iter = statistics.median(iteration_times[warmup:])
+    bare_s = statistics.median(bare_times[warmup:])
+    eval_s = statistics.median(eval_times[warmup:])
+    evals_per_iter = sum(eval_counts) / len(eval_counts)
     flops = conv_flops(problem.network, problem.layers, problem.level_sizes, args.padding_mode, args.count)
     return {
         "network": problem.network, "size": size, "canvas": list(shape[1:3]), "octaves": args.octaves,
         "padding": args.padding_mode, "extra": extra,
-        "s_per_iter": per_iter, "evals_per_iter": sum(eval_counts) / len(eval_counts),
+        "s_per_iter": per_iter, "evals_per_iter": evals_per_iter, "eval_s": eval_s,
+        "optimiser_s": per_iter - evals_per_iter * eval_s,
         "bare_s": bare_s, "overhead": per_iter / bare_s,
         "gflop_per_eval": flops / 1e9, "gflops_bare": flops / 1e9 / bare_s,
-        "gflops_iter": flops / 1e9 * (sum(eval_counts) / len(eval_counts)) / per_iter,
+        "gflops_iter": flops / 1e9 * evals_per_iter / per_iter,
+        "gflops_reference": reference_gflops(shape[1], 5),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "iterations_measured": len(times),
+        "iterations_measured": len(iteration_times) - warmup,
     }
 
 
@@ -213,17 +253,17 @@ def main(argv=None) -> int:
     iterations, warmup = (5, 2) if args.quick else (args.iterations, 3)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; extra flags: {args.extra or '(none)'}")
-    print(f"{'network':8} {'size':>5} {'s/iter':>8} {'evals/it':>8} {'bare s':>8} {'overhead':>8} "
-          f"{'GFLOP':>7} {'GFLOP/s':>8} {'peak MiB':>9}")
+    print(f"{'network':8} {'size':>5} {'s/iter':>7} {'evals/it':>8} {'eval s':>7} {'bare s':>7} {'overhead':>8} "
+          f"{'GFLOP':>6} {'GFLOP/s':>7} {'conv ref':>8} {'peak MiB':>8}")
     rows = []
     for network in [] if args.no_table else networks:
         for size in sizes:
             extra_args = ["--extra", args.extra] if args.extra else []
             r = child(["--one", network, str(size), str(iterations), str(warmup), *extra_args])
             rows.append(r)
-            print(f"{r['network']:8} {r['size']:>5} {r['s_per_iter']:>8.3f} {r['evals_per_iter']:>8.2f} "
-                  f"{r['bare_s']:>8.3f} {r['overhead']:>8.2f} {r['gflop_per_eval']:>7.1f} {r['gflops_bare']:>8.1f} "
-                  f"{r['peak_rss_mib']:>9.0f}", flush=True)
+            print(f"{r['network']:8} {r['size']:>5} {r['s_per_iter']:>7.3f} {r['evals_per_iter']:>8.2f} "
+                  f"{r['eval_s']:>7.3f} {r['bare_s']:>7.3f} {r['overhead']:>8.2f} {r['gflop_per_eval']:>6.1f} "
+                  f"{r['gflops_bare']:>7.1f} {r['gflops_reference']:>8.1f} {r['peak_rss_mib']:>8.0f}", flush=True)
     ttq = []
     if args.ttq:
         print(f"\ntime to quality, {networks[0]} 512 px, budget {args.ttq:g} s per schedule")
