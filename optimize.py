@@ -231,28 +231,37 @@ def stage_budgets(max_iter: int, stages: int) -> list[int]:
 def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
              on_iteration: Callable[[Progress], None], progress: Progress,
              on_stage: Callable = lambda total, first, label: None) -> Progress:
-    """Run L-BFGS-B as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
+    """Run L-BFGS as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
 
-    ``problem``: synthesize.Problem (its ``x0``, ``level_sizes`` and ``stage(level)``
-    losses). ``max_iter`` counts from the run's start (``progress.start_iteration``).
+    ``problem``: synthesize.Problem (its ``x0``, ``level_sizes``, ``padding`` and
+    ``stage(level)`` losses). ``max_iter`` counts from the run's start (``progress.start_iteration``).
 
     plain: all iterations on the full-size canvas. coarse-to-fine: start on a
     canvas the size of the coarsest pyramid level with the loss of that level
-    alone, then upsample the result to the next level's size and optimise the
-    loss of the levels that exist there, and so on up to full size. Iterations
+    alone, then expand the result to the next level's size (``pyramid.expand``)
+    and optimise the loss of the levels that exist there, and so on up to full
+    size. Iterations
     are counted across stages; ``progress.best_x`` is the current stage's
-    image (smaller than the canvas in coarse stages).
+    image (smaller than the canvas in coarse stages). The stages' budgets are
+    planned for the whole run (``stage_budgets(max_iter, stages)``), so a
+    resumed run (``progress.start_iteration`` > 0, starting from the image it
+    saved last) carries on in the stage it had reached, skipping the ones done.
     """
-    from pyramid import resize_images
+    from pyramid import expand, resize_images
     from vgg16 import pixel_bounds
 
     bounds = pixel_bounds()  # the saved image is what was optimised: no clipping at the end
-    remaining = max_iter - progress.start_iteration
     levels = [0] if schedule == "plain" else list(range(octaves - 1, -1, -1))
     x = problem.x0
     if len(levels) > 1:  # the run's starting loss is the full-size loss of the starting canvas
         progress.initial_loss = problem.stage(0)(x)[0]
-    for number, (level, budget) in enumerate(zip(levels, stage_budgets(remaining, len(levels)), strict=True)):
+    end, fresh = 0, True
+    for number, (level, budget) in enumerate(zip(levels, stage_budgets(max_iter, len(levels)), strict=True)):
+        end += budget  # the stage's iterations are (end - budget, end] of the whole run's
+        budget = end - max(progress.iterations, end - budget)  # a resumed run: what is left of it
+        if budget <= 0 and level > 0:
+            continue
+        budget = max(budget, 0)
         h, w = problem.level_sizes[level]
         label = "synthesising" if len(levels) == 1 else (
             f"stage {number + 1}/{len(levels)}: {w}x{h}, {octaves - level} octave(s)")
@@ -268,7 +277,10 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             progress.best_x = stage_progress.best_x
             on_iteration(progress)
 
-        x = resize_images(x, (h, w))
+        # the starting image is brought down to the first stage's size; a stage's result is grown
+        # by one pyramid level, registered with the pyramid's geometry
+        x = resize_images(x, (h, w)) if fresh else expand(x, (h, w), problem.padding)
+        fresh = False
         try:
             lbfgs(problem.stage(level), x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage,
                   bounds=bounds)

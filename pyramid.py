@@ -62,11 +62,65 @@ def gaussian_pyramid(images, octaves: int, padding: str) -> list:
     return levels
 
 
+def first_centre(n: int, padding: str) -> int:
+    """Where, in the pixels of a level of side ``n``, the window of ``reduce``'s first output pixel
+    is centred; output pixel i is centred at 2i + this. valid: 2; reflect and circular (padded by 2
+    first): 0; same (TensorFlow's SAME pads floor(total / 2) at the start): 2 - that."""
+    if shrinks(padding):
+        return KERNEL_TAPS // 2
+    if padding in EXPLICIT_MODES:
+        return 0
+    pad_total = max((reduced_size(n, padding) - 1) * 2 + KERNEL_TAPS - n, 0)
+    return KERNEL_TAPS // 2 - pad_total // 2
+
+
+def _expand_axis(images: np.ndarray, axis: int, n: int, padding: str) -> np.ndarray:
+    m = images.shape[axis]
+    position = (np.arange(n) - first_centre(n, padding)) / 2  # in coarse pixels
+    if padding == "circular":
+        low = np.floor(position).astype(int)
+        frac = position - low
+        low, high = low % m, (low + 1) % m
+    else:  # mirrored at the edges: texture, not the streaks that repeating the edge pixel would make
+        position = (m - 1) - np.abs((m - 1) - np.abs(position))
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, m - 1)
+        frac = position - low
+    shape = [1] * images.ndim
+    shape[axis] = n
+    frac = frac.reshape(shape).astype(np.float32)
+    return np.take(images, low, axis=axis) * (1 - frac) + np.take(images, high, axis=axis) * frac
+
+
+def expand(images: np.ndarray, size: tuple[int, int], padding: str) -> np.ndarray:
+    """Upsample numpy images one pyramid level: (N, h, w, C) -> (N, size[0], size[1], C), ``size``
+    being the finer level's, so that ``reduce`` of the result is about the input again.
+
+    Each coarse pixel is put back where the window of fine pixels it was made from is centred
+    (see ``first_centre``) and the rest is interpolated linearly, so the two levels stay
+    registered and every other fine pixel falls exactly on a coarse one. Plain resizing by
+    size ratio does neither: with valid padding (262 -> 528 px, not quite 2x) its interpolation
+    phase drifts and leaves faint lines every ~60 px that later stages cannot remove. Beyond the
+    edges (valid padding's border, which the coarse level does not cover) the coarse image is
+    mirrored (wrapped, for circular): repeating the edge pixel instead leaves streaks there.
+    """
+    images = np.asarray(images, np.float32)
+    images = _expand_axis(images, 1, size[0], padding)
+    return _expand_axis(images, 2, size[1], padding)
+
+
+def expand_to(images: np.ndarray, sizes: list[tuple[int, int]], level: int, padding: str) -> np.ndarray:
+    """Expand images of pyramid level ``level`` (``sizes``: every level's size, level 0 first) level by
+    level up to level 0's size. Shows a coarse stage's image at full size."""
+    for k in range(level - 1, -1, -1):
+        images = expand(images, sizes[k], padding)
+    return images
+
+
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resample numpy images (N, H, W, C) to (N, size[0], size[1], C), linearly; unchanged if equal.
 
-    Used between coarse-to-fine stages (upsampling a coarse result) and to show
-    a coarse stage's image at full size.
+    Brings the starting image to the size of the first coarse-to-fine stage.
     """
     from scipy.ndimage import zoom
 

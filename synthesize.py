@@ -289,8 +289,9 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
     Returns the effective argv (starting from the run's last saved image via
-    --init-image) and the iteration that image was saved at; argv without
-    --resume is returned unchanged with 0.
+    --init-image, with the run's --schedule, so that a coarse-to-fine run
+    carries on in the stage it reached) and the iteration that image was saved
+    at; argv without --resume is returned unchanged with 0.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--resume")
@@ -306,7 +307,9 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int]:
     image, iteration = last_saved_image(run_dir, record)
     recorded = record["command"][1:]
     recorded = _without(_without(recorded, "--init-image"), "--resume")
-    return [*recorded, *argv, "--init-image", str(image)], iteration
+    schedule = record.get("args", {}).get("schedule") if isinstance(record.get("args"), dict) else None
+    same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
+    return [*recorded, *same_schedule, *argv, "--init-image", str(image)], iteration
 
 
 # ----------------------------------------------------------------------------
@@ -506,6 +509,7 @@ class Problem:
     x0: object  # the starting canvas, float32 (count, H + 2m, W + 2m, 3), caffe space
     margin: int  # hidden border, pixels per side, cropped away when saving
     random_seed: int
+    padding: str  # the synthesised image's padding mode (circular with --tile): the pyramid's geometry
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
 
     @property
@@ -618,7 +622,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
-                   x0, margin, seed, interframe)
+                   x0, margin, seed, padding, interframe)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
@@ -629,7 +633,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     from optimize import NonFiniteLoss, Progress, optimise
     from outputs import (create_run_dir, frame_file, run_dir_name, snapshot_file, tiled_preview_file,
                          write_json, write_text)
-    from pyramid import resize_images
+    from pyramid import expand_to
     from quality import seam_ratio
     from vgg16 import deprocess
 
@@ -645,7 +649,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
 
     def save_frames(stem_of_frame, x):
         """Save the frames as the user sees them; returns them, RGB uint8 (count, H, W, 3)."""
-        x = resize_images(x, problem.level_sizes[0])  # a coarse stage's image, shown at full size
+        level = [tuple(size) for size in problem.level_sizes].index(tuple(x.shape[1:3]))
+        x = expand_to(x, problem.level_sizes, level, problem.padding)  # a coarse stage's image, at full size
         frames = deprocess(x[:, margin:margin + height, margin:margin + width])  # without the hidden margin
         for frame, image in enumerate(frames):
             save_png(run_dir / stem_of_frame(frame), image)

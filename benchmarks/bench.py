@@ -23,11 +23,12 @@ the same numbers as JSON (``--json``, default benchmarks/results.json).
   GFLOP/s: that over bare s; conv ref: the GFLOP/s of a single 3x3 64 -> 64
   conv at the image's size, forward and input gradient (what the backend
   reaches on VGG's convolutions at their best).
-- time to quality (``--ttq SECONDS``): 512 px, ``-m 500``, each --schedule: wall
-  seconds until the full-size loss first falls below 1e-2 and 1e-3 of the starting
-  loss, and the loss when the run ends (its 500 iterations or the time budget,
-  whichever comes first). Coarse stages report partial losses, so only the
-  full-size stage can cross the thresholds.
+- time to quality (``--ttq SECONDS``): 512 px, ``-m 500``, each --schedule, on
+  each of ``--textures``: wall seconds until the full-size loss first falls below
+  1e-4, 1e-5 and 3e-6 of the starting loss, and the loss when the run ends (its
+  500 iterations or the time budget, whichever comes first). Coarse stages report
+  partial losses, so only the full-size stage can cross the thresholds.
+  ``--images DIR`` keeps each run's final image, to look at.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "examples" / "gravel.png"
-TTQ_FRACTIONS = (1e-2, 1e-3)  # time-to-quality thresholds, as fractions of the starting loss
+TTQ_FRACTIONS = (1e-4, 1e-5, 3e-6)  # time-to-quality thresholds, as fractions of the starting loss
 TTQ_MAX_ITER = 500  # --max-iter of the time-to-quality runs (the default; it sets the stage budgets)
 
 
@@ -166,10 +167,16 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
     }
 
 
-def time_to_quality(network: str, size: int, budget_s: float, extra: list[str]) -> dict:
-    """Run synthesize.py for ``budget_s`` seconds of optimisation; when did the loss cross the thresholds?"""
+def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], texture: Path,
+                    image: Path | None) -> dict:
+    """Run synthesize.py for ``budget_s`` seconds of optimisation; when did the loss cross the thresholds?
+
+    Writes the final image (the last full-size iterate) to ``image`` if given, to look at.
+    """
     import synthesize
+    from images import save_png
     from optimize import Progress, optimise
+    from vgg16 import deprocess
 
     reference = {}
     crossings = {f: None for f in TTQ_FRACTIONS}
@@ -188,17 +195,21 @@ def time_to_quality(network: str, size: int, budget_s: float, extra: list[str]) 
         if now > budget_s:
             raise Stop
 
-    args = synthesize.parse_args(["-s", str(EXAMPLE), "-ow", str(size), "--network", network,
+    args = synthesize.parse_args(["-s", str(texture), "-ow", str(size), "--network", network,
                                   "--random-seed", "0", "-q", "-m", str(TTQ_MAX_ITER), "--tol", "0", *extra])
     problem = synthesize.prepare(args, lambda message: None)
     reference["loss"] = problem.value_and_grad(problem.x0)[0]  # the plain, full-size starting loss
     reference["shape"] = problem.x0.shape
     reference["start"] = time.perf_counter()
+    progress = Progress()
     try:
-        optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, Progress())
+        optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress)
     except Stop:
         pass
-    return {"network": network, "size": size, "extra": extra, "budget_s": budget_s,
+    if image is not None and progress.best_x.shape == problem.x0.shape:
+        m = problem.margin
+        save_png(image, deprocess(progress.best_x[:, m:m + args.output_height, m:m + args.output_width])[0])
+    return {"network": network, "size": size, "texture": texture.name, "extra": extra, "budget_s": budget_s,
             "initial_loss": reference["loss"],
             **{f"s_to_{f:g}": crossings[f] for f in TTQ_FRACTIONS},
             "final_loss": trace[-1][1] if trace else None, "seconds": trace[-1][0] if trace else None,
@@ -232,10 +243,17 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", default="-p reflect",
                         help="extra synthesize.py flags for every configuration (default: -p reflect, since "
                         "valid padding cannot run 4 octaves at 256 px)")
+    parser.add_argument("--textures", type=Path, nargs="+", default=[EXAMPLE], metavar="IMAGE",
+                        help="time to quality: source textures (default: the example)")
+    parser.add_argument("--schedules", nargs="+", default=["plain", "coarse-to-fine"],
+                        choices=["plain", "coarse-to-fine"], help="time to quality: the schedules to run")
+    parser.add_argument("--images", type=Path, default=None, metavar="DIR",
+                        help="time to quality: write each run's final image here, TEXTURE-SCHEDULE.png")
     parser.add_argument("--no-table", action="store_true", help="skip the per-iteration table (with --ttq)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--one", nargs=4, metavar=("NETWORK", "SIZE", "ITERATIONS", "WARMUP"), help=argparse.SUPPRESS)
-    parser.add_argument("--ttq-one", nargs=3, metavar=("NETWORK", "SIZE", "BUDGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--ttq-one", nargs=5, metavar=("NETWORK", "SIZE", "BUDGET", "TEXTURE", "IMAGE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     extra = args.extra.split()
 
@@ -244,8 +262,9 @@ def main(argv=None) -> int:
         print(json.dumps(one(network, int(size), int(iterations), int(warmup), extra)))
         return 0
     if args.ttq_one:
-        network, size, budget = args.ttq_one
-        print(json.dumps(time_to_quality(network, int(size), float(budget), extra)))
+        network, size, budget, texture, image = args.ttq_one
+        print(json.dumps(time_to_quality(network, int(size), float(budget), extra, Path(texture),
+                                         Path(image) if image else None)))
         return 0
 
     networks = args.networks or (["vgg19"] if args.quick else available_networks())
@@ -266,16 +285,24 @@ def main(argv=None) -> int:
                   f"{r['gflops_bare']:>7.1f} {r['gflops_reference']:>8.1f} {r['peak_rss_mib']:>8.0f}", flush=True)
     ttq = []
     if args.ttq:
-        print(f"\ntime to quality, {networks[0]} 512 px, budget {args.ttq:g} s per schedule")
-        print(f"{'schedule':16} {'s to 1e-2':>10} {'s to 1e-3':>10} {'loss at end':>12} {'iters':>6} {'s':>7}")
-        for schedule in ("plain", "coarse-to-fine"):
-            extra_args = ["--extra", f"{args.extra} --schedule {schedule}".strip()]
-            r = child(["--ttq-one", networks[0], "512", str(args.ttq), *extra_args])
-            r["schedule"] = schedule
-            ttq.append(r)
-            fmt = lambda v: f"{v:>10.1f}" if v is not None else f"{'never':>10}"  # noqa: E731
-            print(f"{schedule:16} {fmt(r['s_to_0.01'])} {fmt(r['s_to_0.001'])} {r['final_loss']:>12.4g} "
-                  f"{r['iterations']:>6} {r['seconds']:>7.1f}", flush=True)
+        header = " ".join(f"{'s to ' + format(f, 'g'):>9}" for f in TTQ_FRACTIONS)
+        print(f"\ntime to quality, {networks[0]} 512 px, budget {args.ttq:g} s per run; "
+              f"thresholds are fractions of the starting loss")
+        print(f"{'texture':12} {'schedule':15} {header} {'loss at end':>11} {'iters':>5} {'s':>6}")
+        if args.images:
+            args.images.mkdir(parents=True, exist_ok=True)
+        for texture in args.textures:
+            for schedule in args.schedules:
+                extra_args = ["--extra", f"{args.extra} --schedule {schedule}".strip()]
+                image = args.images / f"{texture.stem}-{schedule}.png" if args.images else ""
+                r = child(["--ttq-one", networks[0], "512", str(args.ttq), str(texture.resolve()), str(image),
+                           *extra_args])
+                r["schedule"] = schedule
+                ttq.append(r)
+                fmt = lambda v: f"{v:>9.1f}" if v is not None else f"{'never':>9}"  # noqa: E731
+                crossed = " ".join(fmt(r[f"s_to_{f:g}"]) for f in TTQ_FRACTIONS)
+                print(f"{texture.stem:12} {schedule:15} {crossed} {r['final_loss']:>11.4g} {r['iterations']:>5} "
+                      f"{r['seconds']:>6.1f}", flush=True)
     args.json.write_text(json.dumps({"machine": machine, "extra": args.extra, "results": rows,
                                      "time_to_quality": ttq}, indent=2) + "\n")
     print(f"wrote {args.json}")

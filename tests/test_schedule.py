@@ -1,0 +1,138 @@
+"""--schedule: the stage budgets, the coarse-to-fine driver on a problem with a known answer,
+then small real runs through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLE
+from optimize import Progress, optimise, stage_budgets
+from pyramid import resize_images
+from synthesize import main
+
+# ---------------------------------------------------------------- budgets
+
+
+@pytest.mark.parametrize("max_iter, stages, budgets", [
+    (500, 4, [84, 83, 83, 250]),  # the full-size stage gets half, the coarse ones share the rest
+    (500, 1, [500]),
+    (11, 3, [3, 2, 6]),
+    (3, 4, [1, 0, 0, 2]),
+    (0, 2, [0, 0]),
+])
+def test_stage_budgets(max_iter, stages, budgets):
+    assert stage_budgets(max_iter, stages) == budgets
+    assert sum(budgets) == max_iter
+
+
+# ---------------------------------------------------------------- the driver, without a network
+
+
+class QuadraticProblem:
+    """Stand-in for synthesize.Problem: each stage's loss is sum(c (x - t)^2) with the target t and
+    curvatures c (1 to 100: too ill-conditioned to finish in a few iterations) resized to the stage's
+    size, and the per-octave aux reports NaN for the octaves the stage lacks, as the real one does."""
+
+    def __init__(self, side: int, octaves: int):
+        rng = np.random.default_rng(0)
+        self.level_sizes = [(side >> k, side >> k) for k in range(octaves)]
+        self.target = rng.uniform(-100, 130, (1, side, side, 3)).astype(np.float32)  # within the pixel bounds
+        self.curvature = rng.uniform(1, 100, (1, side, side, 3)).astype(np.float32)
+        self.x0 = np.full_like(self.target, 100.0)
+        self.octaves = octaves
+        self.padding = "reflect"
+        self.stages_built = []
+
+    def stage(self, first: int):
+        self.stages_built.append(first)
+        target = resize_images(self.target, self.level_sizes[first])
+        curvature = resize_images(self.curvature, self.level_sizes[first])
+
+        def value_and_grad(x):
+            diff = x - target
+            aux = np.concatenate([np.full(first, np.nan), np.ones(self.octaves - first)])
+            return float(np.sum(curvature * diff * diff)), (2 * curvature * diff).astype(np.float32), aux
+
+        return value_and_grad
+
+
+def test_coarse_to_fine_runs_every_level_coarsest_first():
+    problem = QuadraticProblem(32, 3)
+    progress, stages_seen, shapes = Progress(), [], []
+    optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: shapes.append(p.best_x.shape), progress,
+             on_stage=lambda total, first, label: stages_seen.append((total, first, label)))
+    assert [s["level"] for s in progress.stages] == [2, 1, 0]
+    assert [s["size"] for s in progress.stages] == [[8, 8], [16, 16], [32, 32]]
+    assert [s["iterations"] for s in progress.stages] == stage_budgets(30, 3) == [8, 7, 15]
+    assert progress.iterations == len(progress.loss_history) == len(shapes) == 30
+    assert shapes[0] == (1, 8, 8, 3) and shapes[-1] == (1, 32, 32, 3)
+    assert [(total, first) for total, first, _ in stages_seen] == [(8, 0), (15, 8), (30, 15)]
+    assert stages_seen[0][2] == "stage 1/3: 8x8, 1 octave(s)"
+    # the run's starting loss is the full-size loss of the starting image, not the coarse stage's
+    start = float(np.sum(problem.curvature * (problem.x0 - problem.target) ** 2))
+    assert progress.initial_loss == pytest.approx(start, rel=1e-6)
+    assert progress.best_x.shape == problem.x0.shape
+    assert progress.final_loss < 1e-2 * start
+    assert progress.evaluations >= 30 + 3
+
+
+def test_plain_is_one_full_size_stage():
+    problem = QuadraticProblem(16, 3)
+    progress = optimise(problem, "plain", 3, 5, 0.0, lambda p: None, Progress())
+    assert problem.stages_built == [0]
+    assert progress.stages == [{"level": 0, "size": [16, 16], "iterations": 5,
+                                "initial_loss": progress.initial_loss, "final_loss": progress.final_loss}]
+
+
+@pytest.mark.parametrize("start, stages", [(0, [(2, 8), (1, 7), (0, 15)]), (3, [(2, 5), (1, 7), (0, 15)]),
+                                           (8, [(1, 7), (0, 15)]), (20, [(0, 10)]), (30, [(0, 0)])])
+def test_a_resumed_run_carries_on_in_the_stage_it_reached(start, stages):
+    # the plan for 30 iterations is 8 at level 2, 7 at level 1, 15 at full size
+    problem = QuadraticProblem(16, 3)
+    progress = optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(start_iteration=start))
+    assert [(s["level"], s["iterations"]) for s in progress.stages] == stages
+    assert progress.iterations == 30
+
+
+# ---------------------------------------------------------------- real runs
+
+
+@pytest.mark.parametrize("padding", ["reflect", "valid"])
+def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
+    # valid padding needs 67 px for 2 octaves; its hidden margin makes the canvas 112 px
+    argv = ["-s", str(EXAMPLE), "-ow", "96", "-o", "2", "-m", "20", "-n", "5", "--network", "vgg19",
+            "--random-seed", "1", "--schedule", "coarse-to-fine", "-p", padding, "--output-dir", str(tmp_path), "-q"]
+    assert main(argv) == 0
+    run_dir = next(tmp_path.iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished" and record["iterations"] == 20
+    assert [s["iterations"] for s in record["stages"]] == [10, 10]
+    assert [s["level"] for s in record["stages"]] == [1, 0]
+    # coarse-stage octave losses exist only for the coarse octave
+    assert record["octave_loss_history"][0][0] is None and record["octave_loss_history"][-1][0] is not None
+    assert record["final_loss"] < 0.05 * record["initial_loss"]
+    from images import load_rgb
+
+    for name in ("I0005_F0000.png", "I0015_F0000.png", "final_F0000.png"):  # a coarse and a fine snapshot
+        assert load_rgb(run_dir / name).shape == (96, 96, 3)
+
+
+def test_resume_keeps_the_recorded_schedule_unless_overridden(tmp_path):
+    from synthesize import expand_resume
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "final_F0000.png").write_bytes(b"")
+    (run / "run.json").write_text(json.dumps({
+        "command": ["synthesize.py", "-s", "a.png", "-m", "50"], "iterations": 20,
+        "args": {"schedule": "coarse-to-fine"}}))
+    argv, start = expand_resume(["--resume", str(run)])
+    assert start == 20
+    assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--resume", str(run),
+                    "--init-image", str(run / "final_F0000.png")]
+    argv, _ = expand_resume(["--resume", str(run), "--schedule", "plain"])
+    assert argv[argv.index("--schedule", argv.index("--schedule") + 1) + 1] == "plain"  # the later one wins
