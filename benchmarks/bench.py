@@ -13,7 +13,8 @@ the same numbers as JSON (``--json``, default benchmarks/results.json).
 - s/iter: median wall time of one L-BFGS iteration after warm-up (the loss,
   its gradient, the optimiser's step, all of it); evals/iter: loss evaluations
   per iteration; eval s: median time of one loss-and-gradient evaluation alone
-  (the JSON's optimiser_s = s/iter - evals/iter x eval s).
+  (the JSON's optimiser_s: median time of the iterations that evaluated once,
+  less eval s: the optimiser's own step).
 - bare s: median time of the network alone on the same pyramid (forward and
   gradient to the input of a plain sum of the features: no Gram matrices, loss or
   optimiser); overhead = s/iter / bare s. The three are timed interleaved, one
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -157,7 +159,9 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
         "network": problem.network, "size": size, "canvas": list(shape[1:3]), "octaves": args.octaves,
         "padding": args.padding_mode, "extra": extra,
         "s_per_iter": per_iter, "evals_per_iter": evals_per_iter, "eval_s": eval_s,
-        "optimiser_s": per_iter - evals_per_iter * eval_s,
+        # an iteration with a single evaluation, less that evaluation: the optimiser's own step
+        "optimiser_s": statistics.median(
+            [t for t, n in zip(iteration_times[warmup:], eval_counts) if n == 1] or [math.nan]) - eval_s,
         "bare_s": bare_s, "overhead": per_iter / bare_s,
         "gflop_per_eval": flops / 1e9, "gflops_bare": flops / 1e9 / bare_s,
         "gflops_iter": flops / 1e9 * evals_per_iter / per_iter,
