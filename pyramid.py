@@ -82,7 +82,7 @@ def _expand_axis(images: np.ndarray, axis: int, n: int, padding: str) -> np.ndar
         frac = position - low
         low, high = low % m, (low + 1) % m
     else:  # mirrored at the edges: texture, not the streaks that repeating the edge pixel would make
-        position = (m - 1) - np.abs((m - 1) - np.abs(position))
+        position = np.clip((m - 1) - np.abs((m - 1) - np.abs(position)), 0, m - 1)
         low = np.floor(position).astype(int)
         high = np.minimum(low + 1, m - 1)
         frac = position - low

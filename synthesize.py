@@ -153,14 +153,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None, start_iteration: int = 0) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, start_iteration: int = 0,
+               start_level: int | None = None) -> argparse.Namespace:
     """Parse and validate the command line; usage errors exit with status 2.
 
-    ``start_iteration``: iterations already done by the run being resumed.
+    ``start_iteration`` and ``start_level``: iterations already done by the run
+    being resumed, and the pyramid level (coarse-to-fine stage) it had reached.
     """
     parser = make_parser()
     args = parser.parse_args(argv)
     args.start_iteration = start_iteration
+    args.start_level = start_level
     try:
         validate(args)
     except UsageError as err:
@@ -286,19 +289,20 @@ def _read_record(run_dir: Path) -> dict:
     return record
 
 
-def expand_resume(argv: Sequence[str]) -> tuple[list[str], int]:
+def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
     Returns the effective argv (starting from the run's last saved image via
-    --init-image, with the run's --schedule, so that a coarse-to-fine run
-    carries on in the stage it reached) and the iteration that image was saved
-    at; argv without --resume is returned unchanged with 0.
+    --init-image, with the run's --schedule), the iteration that image was
+    saved at, and the pyramid level of the coarse-to-fine stage it belongs to
+    (run.json's ``level``; None if unknown), where the resumed run carries on;
+    argv without --resume is returned unchanged with 0 and None.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--resume")
     known, _ = pre.parse_known_args(argv)
     if known.resume is None:
-        return list(argv), 0
+        return list(argv), 0, None
     run_dir = Path(known.resume)
     if not run_dir.is_dir():
         raise SynthesisError(f"--resume {run_dir}: no such run directory")
@@ -310,7 +314,10 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int]:
     recorded = _without(_without(recorded, "--init-image"), "--resume")
     schedule = record.get("args", {}).get("schedule") if isinstance(record.get("args"), dict) else None
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
-    return [*recorded, *same_schedule, *argv, "--init-image", str(image)], iteration
+    level = record.get("level")
+    if not isinstance(level, int) or level < 0:
+        level = 0 if schedule == "plain" else None
+    return [*recorded, *same_schedule, *argv, "--init-image", str(image)], iteration, level
 
 
 # ----------------------------------------------------------------------------
@@ -511,6 +518,7 @@ class Problem:
     margin: int  # hidden border, pixels per side, cropped away when saving
     random_seed: int
     padding: str  # the synthesised image's padding mode (circular with --tile): the pyramid's geometry
+    x0_is_image: bool  # x0 is an image (--init-image, --resume), not noise
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
 
     @property
@@ -623,7 +631,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
-                   x0, margin, seed, padding, interframe)
+                   x0, margin, seed, padding, init_rgb is not None, interframe)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
@@ -672,7 +680,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "iterations": progress.iterations, "evaluations": progress.evaluations,
             "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
             "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
-            "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history, **extra,
+            "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history,
+            "level": progress.level, **extra,
         })
         write_json(run_dir / "run.json", record)
 
@@ -686,7 +695,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     exit_status = 0
     try:
         optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress,
-                 on_stage=reporter.start)
+                 on_stage=reporter.start, start_level=args.start_level)
         record["status"] = "finished"
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
@@ -742,12 +751,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv, start_iteration = expand_resume(argv)
+        argv, start_iteration, start_level = expand_resume(argv)
     except SynthesisError as err:
         print(f"synthesize.py: error: {err}", file=sys.stderr)
         return err.exit_status
     try:
-        args = parse_args(argv, start_iteration)
+        args = parse_args(argv, start_iteration, start_level)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     from reporting import Reporter

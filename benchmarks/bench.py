@@ -216,7 +216,9 @@ def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], 
     return {"network": network, "size": size, "texture": texture.name, "extra": extra, "budget_s": budget_s,
             "initial_loss": reference["loss"],
             **{f"s_to_{f:g}": crossings[f] for f in TTQ_FRACTIONS},
-            "final_loss": trace[-1][1] if trace else None, "seconds": trace[-1][0] if trace else None,
+            # the last full-size loss (a run whose budget ran out in a coarse stage has none)
+            "final_loss": next((loss for _, loss, full in reversed(trace) if full), None),
+            "seconds": trace[-1][0] if trace else None,
             "iterations": len(trace), "trace": trace}
 
 
@@ -305,7 +307,8 @@ def main(argv=None) -> int:
                 ttq.append(r)
                 fmt = lambda v: f"{v:>9.1f}" if v is not None else f"{'never':>9}"  # noqa: E731
                 crossed = " ".join(fmt(r[f"s_to_{f:g}"]) for f in TTQ_FRACTIONS)
-                print(f"{texture.stem:12} {schedule:15} {crossed} {r['final_loss']:>11.4g} {r['iterations']:>5} "
+                end = f"{r['final_loss']:>11.4g}" if r["final_loss"] is not None else f"{'none':>11}"
+                print(f"{texture.stem:12} {schedule:15} {crossed} {end} {r['iterations']:>5} "
                       f"{r['seconds']:>6.1f}", flush=True)
     args.json.write_text(json.dumps({"machine": machine, "extra": args.extra, "results": rows,
                                      "time_to_quality": ttq}, indent=2) + "\n")

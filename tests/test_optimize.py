@@ -79,6 +79,21 @@ def test_line_search_grows_a_step_that_is_too_short():
     assert len(calls) == 5  # 1e-3, 4e-3, 1.6e-2, 6.4e-2, 0.256
 
 
+def test_line_search_stops_growing_once_the_bounds_stop_every_variable():
+    # f = -sum(x) in [0, 1] from 0.5: the slope never flattens (no Wolfe point), and from step 0.5 on
+    # the projected trial no longer changes: take it instead of growing 20 times
+    calls = []
+
+    def evaluate(x):
+        calls.append(x)
+        return Point(x, -float(x.sum()), -np.ones_like(x), [])
+
+    start = evaluate(np.full(4, 0.5, np.float32))
+    point = line_search(evaluate, start, np.ones(4, np.float32), 0.25, lambda x: np.clip(x, 0, 1))
+    np.testing.assert_array_equal(point.x, np.ones(4))
+    assert len(calls) == 1 + 2  # the start, steps 0.25 and 1 (then 4 would change nothing)
+
+
 def test_line_search_gives_up_when_nothing_is_lower():
     # a direction that points uphill at every length
     def evaluate(x):

@@ -54,7 +54,7 @@ def test_reduce_matches_separable_numpy_filter():
 def test_expand_is_registered_with_reduce(padding, n):
     # a linear ramp survives expand (linear interpolation) and reduce (a symmetric kernel) unchanged,
     # but only if expand puts every coarse pixel where reduce took it from; compared away from the
-    # edges, where expand repeats the edge pixel and reduce pads
+    # edges, where expand mirrors and reduce pads
     from pyramid import expand, reduce
 
     m = reduced_size(n, "reflect" if padding == "circular" else padding)

@@ -45,7 +45,9 @@ class QuadraticProblem:
         self.x0 = np.full_like(self.target, 100.0)
         self.octaves = octaves
         self.padding = "reflect"
+        self.x0_is_image = False
         self.stages_built = []
+        self.first_x = {}  # level -> the first image its stage evaluated
 
     def stage(self, first: int):
         self.stages_built.append(first)
@@ -53,6 +55,7 @@ class QuadraticProblem:
         curvature = resize_images(self.curvature, self.level_sizes[first])
 
         def value_and_grad(x):
+            self.first_x.setdefault(first, x.copy())
             diff = x - target
             aux = np.concatenate([np.full(first, np.nan), np.ones(self.octaves - first)])
             return float(np.sum(curvature * diff * diff)), (2 * curvature * diff).astype(np.float32), aux
@@ -88,14 +91,47 @@ def test_plain_is_one_full_size_stage():
                                 "initial_loss": progress.initial_loss, "final_loss": progress.final_loss}]
 
 
-@pytest.mark.parametrize("start, stages", [(0, [(2, 8), (1, 7), (0, 15)]), (3, [(2, 5), (1, 7), (0, 15)]),
-                                           (8, [(1, 7), (0, 15)]), (20, [(0, 10)]), (30, [(0, 0)])])
-def test_a_resumed_run_carries_on_in_the_stage_it_reached(start, stages):
-    # the plan for 30 iterations is 8 at level 2, 7 at level 1, 15 at full size
+@pytest.mark.parametrize("start, level, stages", [
+    (0, None, [(2, 8), (1, 7), (0, 15)]),  # a fresh run: the plan for 30
+    (3, None, [(2, 7), (1, 6), (0, 14)]),  # level unknown (an old run.json): all stages share what is left
+    (8, 1, [(1, 11), (0, 11)]),  # resumed in the 16 px stage: carries on there
+    (20, 0, [(0, 10)]),
+    (29, 2, [(0, 1)]),  # one iteration left: the coarse stages get none and are skipped
+])
+def test_a_resumed_run_carries_on_in_the_stage_it_reached(start, level, stages):
     problem = QuadraticProblem(16, 3)
-    progress = optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(start_iteration=start))
+    progress = optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(start_iteration=start),
+                        start_level=level)
     assert [(s["level"], s["iterations"]) for s in progress.stages] == stages
-    assert progress.iterations == 30
+    assert progress.iterations == 30 and progress.level == 0
+
+
+def test_a_resumed_run_never_goes_back_to_a_coarser_stage():
+    # interrupted at iteration 300 in the full-size stage, resumed with a larger --max-iter
+    problem = QuadraticProblem(16, 3)
+    progress = optimise(problem, "coarse-to-fine", 3, 1000, 0.0, lambda p: None, Progress(start_iteration=300),
+                        start_level=0)
+    assert [s["level"] for s in progress.stages] == [0] and problem.stages_built == [0]
+
+
+def test_a_resumed_image_is_brought_down_through_the_pyramid():
+    from pyramid import gaussian_pyramid
+
+    problem = QuadraticProblem(16, 3)
+    problem.x0_is_image = True
+    optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(start_iteration=5), start_level=1)
+    expected = np.asarray(gaussian_pyramid(problem.x0, 2, "reflect")[1])
+    np.testing.assert_allclose(problem.first_x[1], np.clip(expected, -103.939, 151.061), rtol=1e-5)
+
+
+def test_stages_without_iterations_are_skipped_and_growth_goes_one_level_at_a_time():
+    # -m 3 with 4 octaves: budgets [1, 0, 0, 2]; the 4 px result grows to 8, 16, then 32 px
+    problem = QuadraticProblem(32, 4)
+    shapes = []
+    progress = optimise(problem, "coarse-to-fine", 4, 3, 0.0, lambda p: shapes.append(p.best_x.shape), Progress())
+    assert [(s["level"], s["iterations"]) for s in progress.stages] == [(3, 1), (0, 2)]
+    assert shapes == [(1, 4, 4, 3), (1, 32, 32, 3), (1, 32, 32, 3)]
+    assert problem.stages_built == [0, 3, 0]  # (the first: the run's full-size starting loss)
 
 
 # ---------------------------------------------------------------- real runs
@@ -121,18 +157,23 @@ def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
         assert load_rgb(run_dir / name).shape == (96, 96, 3)
 
 
-def test_resume_keeps_the_recorded_schedule_unless_overridden(tmp_path):
+def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
     from synthesize import expand_resume
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "final_F0000.png").write_bytes(b"")
-    (run / "run.json").write_text(json.dumps({
-        "command": ["synthesize.py", "-s", "a.png", "-m", "50"], "iterations": 20,
-        "args": {"schedule": "coarse-to-fine"}}))
-    argv, start = expand_resume(["--resume", str(run)])
-    assert start == 20
+
+    def resume(record: dict, *extra: str):
+        (run / "run.json").write_text(json.dumps({"command": ["synthesize.py", "-s", "a.png", "-m", "50"],
+                                                  "iterations": 20, **record}))
+        return expand_resume(["--resume", str(run), *extra])
+
+    argv, start, level = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1})
+    assert (start, level) == (20, 1)
     assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--resume", str(run),
                     "--init-image", str(run / "final_F0000.png")]
-    argv, _ = expand_resume(["--resume", str(run), "--schedule", "plain"])
+    argv, _, _ = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1}, "--schedule", "plain")
     assert argv[argv.index("--schedule", argv.index("--schedule") + 1) + 1] == "plain"  # the later one wins
+    assert resume({"args": {"schedule": "plain"}})[2] == 0  # a plain run is at full size
+    assert resume({"args": {"schedule": "coarse-to-fine"}})[2] is None  # unknown: all stages again
