@@ -83,6 +83,8 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     assert (second / f"I{done + 4:04d}_F0000.png").exists() or (done + 4) % 2
     assert record["args"]["random_seed"] == 3 and record["args"]["max_iter"] == done + 4
     assert record["final_loss"] < record["initial_loss"]
+    # coarse-to-fine (the default) carries on in the stage the first run had reached, never coarser
+    assert record["stages"][0]["level"] == _record(first)["level"] and record["level"] == 0
 
 
 def test_resume_errors(tmp_path, capsys):
