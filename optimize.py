@@ -42,7 +42,6 @@ class Progress:
     stages: list[dict] = field(default_factory=list)  # coarse-to-fine: what each stage did
     evaluations: int = 0
     best_x: np.ndarray | None = None  # last accepted iterate (float32, image shape)
-    level: int = 0  # pyramid level whose size best_x has (coarse-to-fine stages)
     stop_reason: str = ""
 
     @property
@@ -249,8 +248,8 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     size. The iterations left are shared by ``stage_budgets``; a stage with none
     is skipped. ``start_level``: the stage a resumed run had reached; it carries
     on there (never coarser), from ``x0``, its last saved image. Iterations are
-    counted across stages; ``progress.best_x`` is the current stage's image and
-    ``progress.level`` its pyramid level.
+    counted across stages; ``progress.best_x`` is the current stage's image
+    (its size tells the level).
     """
     from pyramid import expand, gaussian_pyramid, resize_images
     from vgg16 import pixel_bounds
@@ -286,9 +285,10 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                 x = np.asarray(gaussian_pyramid(x, level + 1, problem.padding)[level])
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
-        for finer in range(x_level - 1, level - 1, -1) if x_level is not None else ():
-            x = expand(x, problem.level_sizes[finer], problem.padding)  # one pyramid level at a time
-        x_level = progress.level = level
+        else:  # the previous stage's result, grown one pyramid level at a time
+            for finer in range(x_level - 1, level - 1, -1):
+                x = expand(x, problem.level_sizes[finer], problem.padding)
+        x_level = level
         try:
             lbfgs(problem.stage(level), x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage,
                   bounds=bounds)

@@ -656,10 +656,13 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         join_mode=args.join_mode, tile=args.tile))
     write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
 
+    def level_of(x) -> int:
+        """The pyramid level whose size x (count, h, w, 3) has: a coarse-to-fine stage's image."""
+        return [tuple(size) for size in problem.level_sizes].index(tuple(x.shape[1:3]))
+
     def save_frames(stem_of_frame, x):
         """Save the frames as the user sees them; returns them, RGB uint8 (count, H, W, 3)."""
-        level = [tuple(size) for size in problem.level_sizes].index(tuple(x.shape[1:3]))
-        x = expand_to(x, problem.level_sizes, level, problem.padding)  # a coarse stage's image, at full size
+        x = expand_to(x, problem.level_sizes, level_of(x), problem.padding)  # a coarse stage's image, at full size
         frames = deprocess(x[:, margin:margin + height, margin:margin + width])  # without the hidden margin
         for frame, image in enumerate(frames):
             save_png(run_dir / stem_of_frame(frame), image)
@@ -681,7 +684,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
             "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
             "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history,
-            "level": progress.level, **extra,
+            "level": level_of(progress.best_x) if progress.best_x is not None else 0, **extra,
         })
         write_json(run_dir / "run.json", record)
 
