@@ -57,10 +57,10 @@ def source_targets(
     """
     if join_mode not in JOIN_MODES:
         raise ValueError(f"unknown join mode {join_mode!r}")
-    per_source = [
-        [np.asarray(g)[0] for g in multiscale_grams(image[None].astype(np.float32), extractor, octaves, padding)]
-        for image in sources
-    ]
+    import autodiff
+
+    grams_of = autodiff.compile(lambda image: multiscale_grams(image, extractor, octaves, padding))  # per shape
+    per_source = [[autodiff.to_numpy(g)[0] for g in grams_of(autodiff.to_device(image[None]))] for image in sources]
     join = np.mean if join_mode == "average" else np.max
     return [(join(np.stack(grams), axis=0) * mul).astype(np.float32) for grams in zip(*per_source, strict=True)]
 

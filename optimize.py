@@ -5,13 +5,20 @@ One L-BFGS *iteration* is one accepted step of the optimiser; each iteration
 evaluates the loss and its gradient once or more (the line search may try
 several step lengths), so evaluations >= iterations.
 
-Why not scipy's L-BFGS-B: its Fortran works in float64 on the host and, with
-bounds, sorts breakpoints every iteration; for the 0.8 M variables of a
-512x512 image that costs 0.1-0.25 s per iteration, 10-25% of the network's own
-time. This one is projected L-BFGS (the two-loop recursion on the free
-variables, a weak-Wolfe line search along the projected path that shrinks a
-too-long step and grows a too-short one), all in float32 numpy: 25-40 ms per
-iteration at 512x512.
+Projected L-BFGS: the two-loop recursion on the free variables, a weak-Wolfe
+line search along the projected path that shrinks a too-long step and grows a
+too-short one. (Not scipy's L-BFGS-B: its Fortran works in float64 on the host
+and, with bounds, sorts breakpoints every iteration: 0.1-0.25 s per iteration
+at 512x512.)
+
+Where it runs: the vectors (image, gradient, the correction pairs) stay on the
+device the loss runs on, as backend tensors; two programs compiled once per
+canvas shape do all the vector work (``Minimiser``): a *trial* (trial point
+projected into the box, loss, gradient, and the dot products the line search
+needs, in one program with the loss) and a *direction* (projected gradient,
+two-loop recursion). The line search's decisions are made on the host from the
+few scalars each program returns; the image crosses to the host only when it
+is asked for (``Progress.best_x``: snapshots, the progress picture, the end).
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from typing import Callable
 
 import numpy as np
 
+import autodiff
+
 LOSS_UNIT = 1e4  # the optimiser sees the loss scaled so that the starting loss is this
 MEMORY = 10  # correction pairs L-BFGS keeps (scipy's default)
 ARMIJO = 1e-4  # sufficient decrease: the loss must fall by this fraction of what its slope promises
 CURVATURE = 0.9  # and the slope along the step must have flattened to this fraction (weak Wolfe)
 MAX_TRIALS = 20  # step lengths the line search tries before giving up
-ValueAndGrad = Callable[[np.ndarray], tuple]  # x -> (loss, grad) or (loss, grad, aux)
+LossFn = Callable  # keras.ops: x -> (scalar loss, aux (k,) tensor of values to report)
 
 
 @dataclass
@@ -37,12 +46,22 @@ class Progress:
 
     initial_loss: float = math.nan
     loss_history: list[float] = field(default_factory=list)  # loss after each iteration
-    aux_history: list[list[float]] = field(default_factory=list)  # value_and_grad's aux, each iteration
+    aux_history: list[list[float]] = field(default_factory=list)  # the loss function's aux, each iteration
     start_iteration: int = 0  # iterations done before this optimisation (a resumed run)
     stages: list[dict] = field(default_factory=list)  # coarse-to-fine: what each stage did
     evaluations: int = 0
-    best_x: np.ndarray | None = None  # last accepted iterate (float32, image shape)
+    current: object = None  # last accepted iterate, a backend tensor of the image shape
     stop_reason: str = ""
+    _host: tuple = (None, None)  # (current, its numpy copy)
+
+    @property
+    def best_x(self) -> np.ndarray | None:
+        """The last accepted iterate as float32 numpy (copied from the device once per iterate)."""
+        if self.current is None:
+            return None
+        if self._host[0] is not self.current:
+            self._host = (self.current, autodiff.to_numpy(self.current).astype(np.float32, copy=False))
+        return self._host[1]
 
     @property
     def iterations(self) -> int:
@@ -58,91 +77,276 @@ class NonFiniteLoss(ArithmeticError):
     """The loss or its gradient became NaN or infinite."""
 
 
-def _finite(loss: float, grad: np.ndarray) -> bool:
-    return math.isfinite(loss) and bool(np.all(np.isfinite(grad)))
+# ----------------------------------------------------------------------------
+# The device programs (keras.ops; compiled by autodiff)
 
 
-def two_loop(gradient: np.ndarray, pairs: deque) -> np.ndarray:
+def _dot(a, b):
+    from keras import ops
+
+    return ops.sum(a * b)
+
+
+def two_loop(gradient, pairs: list, rho, gamma):
     """L-BFGS's estimate of inverse-Hessian x ``gradient`` (Nocedal & Wright, algorithm 7.4).
 
-    ``gradient``: (n,) float32. ``pairs``: (s, y, 1 / s.y) of the last steps,
-    oldest first, s and y (n,) float32. The initial Hessian is s.y / y.y of the
-    newest pair times the identity (the identity with no pairs). Returns (n,).
+    ``gradient``: tensor of any shape. ``pairs``: (s, y) of the last steps,
+    oldest first, each the gradient's shape; ``rho``: (len(pairs),) 1 / s.y, 0
+    for an unused slot (its s and y may then be anything finite: it changes
+    nothing). ``gamma``: the initial inverse Hessian's scale, s.y / y.y of the
+    newest pair (1 with none). Returns the gradient's shape.
     """
-    q = gradient.copy()
+    q = gradient
     alphas = []
-    for s, y, rho in reversed(pairs):
-        alpha = rho * float(np.dot(s, q))
-        q -= np.float32(alpha) * y
+    for i in reversed(range(len(pairs))):
+        s, y = pairs[i]
+        alpha = rho[i] * _dot(s, q)
+        q = q - alpha * y
         alphas.append(alpha)
-    if pairs:
-        s, y, rho = pairs[-1]
-        q *= np.float32(1.0 / (rho * float(np.dot(y, y))))
-    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
-        beta = rho * float(np.dot(y, q))
-        q += np.float32(alpha - beta) * s
+    q = q * gamma
+    for i, (s, y) in enumerate(pairs):
+        beta = rho[i] * _dot(y, q)
+        q = q + (alphas[len(pairs) - 1 - i] - beta) * s
     return q
+
+
+def _held(x, grad, low, high):
+    """Variables at a bound whose gradient pushes outwards (held fixed this iteration): bool, x's shape."""
+    from keras import ops
+
+    return ops.logical_or(ops.logical_and(x <= low, grad > 0), ops.logical_and(x >= high, grad < 0))
+
+
+def direction_program(low, high) -> Callable:
+    """(x, grad, S, Y, rho, gamma) -> (direction, [max |projected gradient|, projected.direction,
+    |direction|]): the search direction of projected L-BFGS, zero on held variables.
+
+    ``S``, ``Y``: tuples of MEMORY tensors the shape of x (oldest first; see ``two_loop``).
+    """
+    from keras import ops
+
+    def direction(x, grad, S, Y, rho, gamma):
+        held = _held(x, grad, low, high)
+        projected = ops.where(held, 0.0, grad)
+        d = ops.where(held, 0.0, -two_loop(projected, list(zip(S, Y)), rho, gamma))
+        stats = ops.stack([ops.max(ops.abs(projected)), _dot(projected, d), ops.sqrt(_dot(d, d))])
+        return d, stats
+
+    return direction
+
+
+TRIAL_STATS = ("loss", "promise", "slope", "sy", "yy", "moved_from_reference", "finite")
+
+
+def trial_program(value_and_grad: Callable, low, high) -> Callable:
+    """(start_x, start_grad, direction, step, scale, reference) -> (x, grad, s, y, stats, aux).
+
+    x = the trial point ``start_x + step direction`` projected into [low, high];
+    loss and gradient there, times ``scale``; s = x - start_x, y = grad -
+    start_grad; stats = ``TRIAL_STATS``: the scaled loss, start_grad.s (the
+    slope's promise), grad.s, s.y, y.y, max |x - reference|, 1 when loss and
+    gradient are finite. All on the device, in one program with the loss.
+    """
+    from keras import ops
+
+    def trial(start_x, start_grad, direction, step, scale, reference):
+        x = ops.minimum(ops.maximum(start_x + step * direction, low), high)
+        loss, grad, aux = value_and_grad(x)
+        loss, grad = loss * scale, grad * scale
+        s, y = x - start_x, grad - start_grad
+        finite = ops.logical_and(ops.isfinite(loss), ops.all(ops.isfinite(grad)))
+        stats = ops.stack([ops.cast(loss, "float32"), _dot(start_grad, s), _dot(grad, s), _dot(s, y), _dot(y, y),
+                           ops.max(ops.abs(x - reference)), ops.cast(finite, "float32")])
+        return x, grad, s, y, stats, ops.cast(ops.reshape(aux, (-1,)), "float32")
+
+    return trial
+
+
+# ----------------------------------------------------------------------------
+# The host side: line search and iterations, on scalars
 
 
 @dataclass
 class Point:
-    """An evaluated iterate: x (n,) float32, the scaled loss, its gradient (n,) float32, aux."""
+    """An evaluated iterate: x and the scaled gradient (backend tensors), the scaled loss, aux (numpy)."""
 
-    x: np.ndarray
+    x: object
     loss: float
-    grad: np.ndarray
-    aux: list
+    grad: object
+    aux: np.ndarray
 
 
-def line_search(evaluate: Callable[[np.ndarray], Point], start: Point, direction: np.ndarray, step: float,
-                project: Callable[[np.ndarray], np.ndarray]) -> Point | None:
-    """Find a step along ``direction`` (n,) from ``start`` meeting the weak Wolfe conditions.
+@dataclass
+class Trial:
+    """A trial step's point and what the line search needs of it (see ``trial_program``)."""
 
-    The trial points are ``project(start.x + t direction)``. A step is accepted
-    when the loss falls by at least ``ARMIJO`` x the slope's promise and the
-    slope along the move has flattened to ``CURVATURE`` x its start, which keeps
-    the curvature s.y positive for L-BFGS's update, also where the loss is not
-    convex (starting from noise, a Gram loss curves downwards along the
-    gradient, and only extrapolating gets past that). Too long: shrink
+    point: Point
+    promise: float  # start.grad . (x - start.x): what the slope promises (< 0: descent)
+    slope: float  # point.grad . (x - start.x)
+    unchanged: bool  # x equals the reference point given (growing the step moved nothing)
+    finite: bool
+    s: object = None  # x - start.x
+    y: object = None  # point.grad - start.grad
+    sy: float = 0.0
+    yy: float = 0.0
+
+
+def line_search(try_step: Callable[[float, Point | None], Trial], start: Point, step: float) -> Trial | None:
+    """Find a step from ``start`` meeting the weak Wolfe conditions.
+
+    ``try_step(t, reference)`` evaluates the projected trial point at step
+    length t (``unchanged`` compares it with ``reference``'s x). A step is
+    accepted when the loss falls by at least ``ARMIJO`` x the slope's promise
+    and the slope along the move has flattened to ``CURVATURE`` x its start,
+    which keeps the curvature s.y positive for L-BFGS's update, also where the
+    loss is not convex (starting from noise, a Gram loss curves downwards along
+    the gradient, and only extrapolating gets past that). Too long: shrink
     (interpolating a quadratic, or bisecting); too short: grow 4x.
-    Returns the accepted point; if ``MAX_TRIALS`` run out, or growing stops
+    Returns the accepted trial; if ``MAX_TRIALS`` run out, or growing stops
     changing the (projected) trial point, the longest step that met the
-    sufficient decrease; None when none did.
+    sufficient decrease; None when none did. Raises NonFiniteLoss at a trial
+    point with a descent promise whose loss or gradient is not finite.
     """
     short, long = 0.0, math.inf
     longest_good = None
     for _trial in range(MAX_TRIALS):
-        trial = project(start.x + np.float32(step) * direction)
-        if longest_good is not None and math.isinf(long) and np.array_equal(trial, longest_good.x):
+        trial = try_step(step, None if longest_good is None else longest_good.point)
+        if longest_good is not None and math.isinf(long) and trial.unchanged:
             return longest_good  # every moving variable is at its bound: growing changes nothing
-        moved = trial - start.x
-        promise = float(np.dot(start.grad, moved))
-        if not promise < 0:  # the projection left no descent at this length
+        if not trial.promise < 0:  # the projection left no descent at this length
             long = step
         else:
-            point = evaluate(trial)
-            if point.loss > start.loss + ARMIJO * promise:
+            if not trial.finite:
+                raise NonFiniteLoss(f"the loss became {trial.point.loss}")
+            if trial.point.loss > start.loss + ARMIJO * trial.promise:
                 long = step
                 if longest_good is None:  # a quadratic through loss, slope and this trial
-                    curvature = point.loss - start.loss - promise
-                    guess = -promise * step / (2 * curvature) if curvature > 0 else 0.5 * step
+                    curvature = trial.point.loss - start.loss - trial.promise
+                    guess = -trial.promise * step / (2 * curvature) if curvature > 0 else 0.5 * step
                     step = min(max(guess, 0.1 * step), 0.5 * step)
                     continue
-            elif float(np.dot(point.grad, moved)) < CURVATURE * promise:
-                short, longest_good = step, point
+            elif trial.slope < CURVATURE * trial.promise:
+                short, longest_good = step, trial
             else:
-                return point
+                return trial
         step = 4 * step if math.isinf(long) else 0.5 * (short + long)
     return longest_good
 
 
+class Minimiser:
+    """Projected L-BFGS for one loss on one tensor shape, its programs compiled once.
+
+    ``loss_fn``: keras.ops, x (``shape``, float32) -> (loss, aux). ``bounds``:
+    (low, high) broadcastable to ``shape`` (e.g. (3,) per colour channel), or
+    None. ``evaluate`` is the loss at one point, ``run`` the optimisation.
+    """
+
+    def __init__(self, loss_fn: LossFn, shape: tuple[int, ...], bounds=None, memory: int = MEMORY):
+        self.shape = tuple(shape)
+        self.memory = memory
+        if bounds is None:
+            bounds = (-np.inf, np.inf)
+        self.low, self.high = (np.asarray(b, np.float32) for b in bounds)
+        low, high = autodiff.to_device(self.low), autodiff.to_device(self.high)
+        self._trial = autodiff.compile(trial_program(autodiff.value_and_grad(loss_fn), low, high))
+        self._direction = autodiff.compile(direction_program(low, high))
+        self._scale = autodiff.compile(lambda grad, scale: grad * scale)
+        self._zeros = None
+
+    def _zero(self):
+        if self._zeros is None:
+            self._zeros = autodiff.to_device(np.zeros(self.shape, np.float32))
+        return self._zeros
+
+    def to_device(self, x) -> object:
+        """``x`` (numpy, ``shape``) projected into the bounds, on the device."""
+        return autodiff.to_device(np.clip(np.asarray(x, np.float32).reshape(self.shape), self.low, self.high))
+
+    def _try(self, start: Point, direction, step: float, scale: float, reference) -> Trial:
+        x, grad, s, y, stats, aux = self._trial(start.x, start.grad, direction, np.float32(step),
+                                                np.float32(scale), reference)
+        stats = autodiff.to_numpy(stats).astype(np.float64)  # the only transfer: a few scalars and aux
+        loss, promise, slope, sy, yy, moved, finite = (float(v) for v in stats)
+        return Trial(Point(x, loss, grad, autodiff.to_numpy(aux)), promise, slope, moved == 0, finite == 1,
+                     s, y, sy, yy)
+
+    def evaluate(self, x) -> tuple[float, np.ndarray, np.ndarray]:
+        """Loss, gradient (numpy, ``shape``) and aux at ``x`` (numpy, clipped into the bounds, or a
+        backend tensor)."""
+        x = self.to_device(x) if isinstance(x, np.ndarray) else x
+        zero = self._zero()
+        point = self._try(Point(x, 0.0, zero, None), zero, 0.0, 1.0, x).point
+        return point.loss, autodiff.to_numpy(point.grad), point.aux
+
+    def run(self, x0, *, max_iter: int, tol: float, on_iteration: Callable[[Progress], None] = lambda p: None,
+            progress: Progress | None = None) -> Progress:
+        """Minimise from ``x0`` (numpy, clipped into the bounds first); see ``lbfgs``."""
+        progress = progress if progress is not None else Progress()
+        zero = self._zero()
+        x = self.to_device(x0)
+        progress.current = x
+        first = self._try(Point(x, 0.0, zero, None), zero, 0.0, 1.0, x)
+        progress.evaluations += 1
+        loss = first.point.loss
+        if not first.finite:
+            raise NonFiniteLoss(f"the starting loss is {loss}")
+        progress.initial_loss = loss
+        scale = LOSS_UNIT / loss if loss > 0 else 1.0
+        point = Point(x, loss * scale, self._scale(first.point.grad, np.float32(scale)), None)  # optimiser's units
+        pairs: deque = deque(maxlen=self.memory)  # (s, y, 1 / s.y, s.y / y.y), oldest first
+
+        def try_step(step: float, reference: Point | None) -> Trial:
+            progress.evaluations += 1
+            return self._try(point, direction, step, scale, point.x if reference is None else reference.x)
+
+        progress.stop_reason = f"reached the iteration limit ({max_iter})"
+        for _ in range(max_iter):
+            direction, stats = self._direction(point.x, point.grad, *self._memory(pairs))
+            largest, descent, norm = (float(v) for v in autodiff.to_numpy(stats))
+            if largest <= tol:
+                progress.stop_reason = f"the projected gradient is below --tol ({tol:g})"
+                break
+            if not descent < 0:  # stale curvature: start again, steepest descent
+                pairs.clear()
+                direction, stats = self._direction(point.x, point.grad, *self._memory(pairs))
+                norm = float(autodiff.to_numpy(stats)[2])
+            step = 1.0 if pairs else min(1.0, 1.0 / norm)
+            new = line_search(try_step, point, step)
+            if new is None:
+                progress.stop_reason = f"the line search found no lower loss in {MAX_TRIALS} trials"
+                break
+            if new.sy > 1e-10 * new.yy:
+                pairs.append((new.s, new.y, 1.0 / new.sy, new.sy / new.yy))
+            reduction = (point.loss - new.point.loss) / max(abs(point.loss), abs(new.point.loss), 1.0)
+            point = new.point
+            progress.current = point.x
+            progress.loss_history.append(point.loss / scale)
+            if point.aux is not None and point.aux.size:
+                progress.aux_history.append(point.aux.astype(np.float64).tolist())
+            on_iteration(progress)
+            if reduction <= tol:
+                progress.stop_reason = f"the loss changed by less than --tol ({tol:g}) in one iteration"
+                break
+        return progress
+
+    def _memory(self, pairs: deque) -> tuple:
+        """The direction program's (S, Y, rho, gamma) for ``pairs``: always ``memory`` slots (one
+        compiled program), the unused ones first, pointing at a zero tensor, with rho 0."""
+        unused = self.memory - len(pairs)
+        zero = self._zero()
+        S = tuple([zero] * unused + [p[0] for p in pairs])
+        Y = tuple([zero] * unused + [p[1] for p in pairs])
+        rho = np.array([0.0] * unused + [p[2] for p in pairs], np.float32)
+        gamma = np.float32(pairs[-1][3] if pairs else 1.0)
+        return S, Y, rho, gamma
+
+
 def lbfgs(
-    value_and_grad: ValueAndGrad, x0: np.ndarray, *, max_iter: int, tol: float,
+    loss_fn: LossFn, x0: np.ndarray, *, max_iter: int, tol: float,
     on_iteration: Callable[[Progress], None] = lambda progress: None,
-    progress: Progress | None = None, bounds: tuple[np.ndarray, np.ndarray] | None = None,
-    memory: int = MEMORY,
+    progress: Progress | None = None, bounds: tuple | None = None, memory: int = MEMORY,
 ) -> Progress:
-    """Minimise ``value_and_grad`` from ``x0`` (float32, any shape) with L-BFGS.
+    """Minimise ``loss_fn`` (keras.ops: x -> (loss, aux)) from ``x0`` (float32 numpy, any shape).
 
     ``tol`` means what it means to scipy's L-BFGS-B: stop when an iteration
     reduces the loss by at most ``tol`` relative to max(|loss|, 1), or when
@@ -158,68 +362,9 @@ def lbfgs(
     Returns ``progress``; raises ``NonFiniteLoss`` when the loss or gradient
     stops being finite (``progress.best_x`` then holds the last finite iterate).
     """
-    progress = progress if progress is not None else Progress()
-    shape = x0.shape
-    x = np.array(x0, dtype=np.float32).ravel()
-    project = lambda point: point  # noqa: E731
-    if bounds is not None:
-        low, high = (np.broadcast_to(np.asarray(b, np.float32), shape).ravel() for b in bounds)
-        project = lambda point: np.clip(point, low, high, out=point)  # noqa: E731
-        project(x)
-    progress.best_x = x.reshape(shape)
-    loss, grad, *_ = value_and_grad(x.reshape(shape))
-    progress.evaluations += 1
-    if not _finite(loss, grad):
-        raise NonFiniteLoss(f"the starting loss is {loss}")
-    progress.initial_loss = loss
-    scale = LOSS_UNIT / loss if loss > 0 else 1.0
-
-    def evaluate(x: np.ndarray) -> Point:
-        progress.evaluations += 1
-        loss, grad, *aux = value_and_grad(x.reshape(shape))
-        if not _finite(loss, grad):
-            raise NonFiniteLoss(f"the loss became {loss} at evaluation {progress.evaluations}")
-        return Point(x, loss * scale, np.asarray(grad, np.float32).ravel() * np.float32(scale), aux)
-
-    point = Point(x, loss * scale, np.asarray(grad, np.float32).ravel() * np.float32(scale), [])
-    pairs: deque = deque(maxlen=memory)
-    progress.stop_reason = f"reached the iteration limit ({max_iter})"
-    for _ in range(max_iter):
-        if bounds is None:
-            fixed = None
-            projected = point.grad
-        else:  # at a bound with the gradient pushing outwards
-            fixed = ((point.x <= low) & (point.grad > 0)) | ((point.x >= high) & (point.grad < 0))
-            projected = np.where(fixed, np.float32(0), point.grad)
-        if float(np.max(np.abs(projected), initial=0.0)) <= tol:
-            progress.stop_reason = f"the projected gradient is below --tol ({tol:g})"
-            break
-        direction = -two_loop(projected, pairs)
-        if fixed is not None:
-            direction[fixed] = 0
-        if not float(np.dot(projected, direction)) < 0:  # stale curvature: start again, steepest descent
-            pairs.clear()
-            direction = -projected
-        step = 1.0 if pairs else min(1.0, 1.0 / float(np.linalg.norm(direction)))
-        new = line_search(evaluate, point, direction, step, project)
-        if new is None:
-            progress.stop_reason = f"the line search found no lower loss in {MAX_TRIALS} trials"
-            break
-        moved, change = new.x - point.x, new.grad - point.grad
-        sy = float(np.dot(moved, change))
-        if sy > 1e-10 * float(np.dot(change, change)):
-            pairs.append((moved, change, 1.0 / sy))
-        reduction = (point.loss - new.loss) / max(abs(point.loss), abs(new.loss), 1.0)
-        point = new
-        progress.best_x = point.x.reshape(shape)
-        progress.loss_history.append(point.loss / scale)
-        if point.aux:
-            progress.aux_history.append(np.asarray(point.aux[0], dtype=np.float64).ravel().tolist())
-        on_iteration(progress)
-        if reduction <= tol:
-            progress.stop_reason = f"the loss changed by less than --tol ({tol:g}) in one iteration"
-            break
-    return progress
+    x0 = np.asarray(x0, np.float32)
+    return Minimiser(loss_fn, x0.shape, bounds, memory).run(x0, max_iter=max_iter, tol=tol,
+                                                            on_iteration=on_iteration, progress=progress)
 
 
 def stage_budgets(max_iter: int, stages: int) -> list[int]:
@@ -238,7 +383,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     """Run L-BFGS as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
 
     ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``level_sizes``,
-    ``padding`` and ``stage(level)`` losses). ``max_iter`` counts from the run's
+    ``padding`` and ``stage(level)``, the ``Minimiser`` of each stage's loss). ``max_iter`` counts from the run's
     start; ``progress.start_iteration`` of them are done already (a resumed run).
 
     plain: all iterations on the full-size canvas. coarse-to-fine: start on a
@@ -249,18 +394,18 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     is skipped. ``start_level``: the stage a resumed run had reached; it carries
     on there (never coarser), from ``x0``, its last saved image. Iterations are
     counted across stages; ``progress.best_x`` is the current stage's image
-    (its size tells the level).
+    (its size tells the level). The backend's out-of-memory errors end in
+    ``autodiff.DeviceOutOfMemory`` naming the stage's size.
     """
     from pyramid import expand, gaussian_pyramid, resize_images
-    from vgg16 import pixel_bounds
 
-    bounds = pixel_bounds()  # the saved image is what was optimised: no clipping at the end
     levels = [0] if schedule == "plain" else list(range(octaves - 1, -1, -1))
     if start_level is not None:
         levels = [level for level in levels if level <= start_level]
     x, x_level = problem.x0, None
     if levels != [0]:  # the run's starting loss is the full-size loss of the starting canvas
-        progress.initial_loss = problem.stage(0)(x)[0]
+        with autodiff.out_of_memory_as_error(f"at {problem.level_sizes[0][1]}x{problem.level_sizes[0][0]}"):
+            progress.initial_loss = problem.stage(0).evaluate(x)[0]
     budgets = stage_budgets(max_iter - progress.start_iteration, len(levels))
     for number, (level, budget) in enumerate(zip(levels, budgets, strict=True)):
         if budget == 0 and level > 0:
@@ -277,12 +422,13 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             if stage_progress.aux_history:
                 progress.aux_history.append(stage_progress.aux_history[-1])
             progress.evaluations = evaluations_before + stage_progress.evaluations
-            progress.best_x = stage_progress.best_x
+            progress.current = stage_progress.current
             on_iteration(progress)
 
         if x_level is None:  # the starting image, brought down to this stage's size:
             if level > 0 and problem.x0_is_image:  # an image: its pyramid level
-                x = np.asarray(gaussian_pyramid(x, level + 1, problem.padding)[level])
+                reduced = autodiff.compile(lambda image: gaussian_pyramid(image, level + 1, problem.padding)[level])
+                x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time
@@ -290,13 +436,13 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                 x = expand(x, problem.level_sizes[finer], problem.padding)
         x_level = level
         try:
-            lbfgs(problem.stage(level), x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage,
-                  bounds=bounds)
+            with autodiff.out_of_memory_as_error(f"at {w}x{h}"):
+                problem.stage(level).run(x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage)
         finally:
             if len(levels) == 1:
                 progress.initial_loss = stage.initial_loss
-            if stage.best_x is not None:
-                progress.best_x = stage.best_x
+            if stage.current is not None:
+                progress.current = stage.current
             progress.stop_reason = stage.stop_reason
             progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
                                     "initial_loss": stage.initial_loss, "final_loss": stage.final_loss})

@@ -145,6 +145,9 @@ def make_parser() -> argparse.ArgumentParser:
                       "at k times the target distance; must be smaller than --count")
 
     misc = parser.add_argument_group("other")
+    misc.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                      help="Keras backend to compute with (default: $KERAS_BACKEND, else tensorflow): "
+                      "tensorflow is the fastest on a CPU, jax on a GPU; see the README's Backends section")
     misc.add_argument("--quiet", "-q", action="store_true",
                       help="Print only errors and the final summary line")
     misc.add_argument("--force", action="store_true",
@@ -429,10 +432,15 @@ def available_memory() -> float | None:
 
 
 def check_memory(need: float, force: bool) -> None:
-    available = available_memory()
+    """Refuse (UsageError) when ``need`` bytes exceed the memory available: the GPU's when the run
+    uses one, else the machine's."""
+    import autodiff
+
+    gpu = autodiff.accelerator_memory()
+    available, what = (gpu, "GPU memory") if gpu is not None else (available_memory(), "memory")
     if available is not None and need > available and not force:
         raise UsageError(
-            f"the output size needs about {need / 2**30:.1f} GiB of memory but {available / 2**30:.1f} GiB "
+            f"the output size needs about {need / 2**30:.1f} GiB of {what} but {available / 2**30:.1f} GiB "
             "is available; lower --output-width/--output-height, --octaves or --count, or pass --force"
         )
 
@@ -511,7 +519,7 @@ class Problem:
     weights_source: str  # where the weights came from
     layers: list[str]  # layer names, in --layers order
     sources: list  # (path, RGB uint8 (H, W, 3)) after resizing
-    stage: Callable  # first level -> compiled loss of a canvas of that level's size (see prepare)
+    stage: Callable  # first level -> optimize.Minimiser of a canvas of that level's size (see prepare)
     level_sizes: list  # (height, width) of each pyramid level of the canvas, level 0 = the canvas
     features: Callable  # float32 (count, H, W, 3) -> VGG features of every level, level-major
     x0: object  # the starting canvas, float32 (count, H + 2m, W + 2m, 3), caffe space
@@ -523,8 +531,8 @@ class Problem:
 
     @property
     def value_and_grad(self) -> Callable:
-        """The full-size loss: x (count, H + 2m, W + 2m, 3) -> (loss, gradient, loss per octave)."""
-        return self.stage(0)
+        """The full-size loss: x (count, H + 2m, W + 2m, 3) -> (loss, gradient, loss per octave), numpy."""
+        return self.stage(0).evaluate
 
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
@@ -534,12 +542,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
     from gram import loss_per_level, multiscale_features, multiscale_grams, source_targets, term_weights
+    from optimize import Minimiser
     from pyramid import level_sizes
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess
 
-    autodiff.init_backend(verbose=args.debug)
+    autodiff.init_backend(args.backend, verbose=args.debug, deterministic=args.random_seed is not None)
     width, height = args.output_width, args.output_height
     margin = args.margin
     canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
@@ -582,6 +591,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
     targets = source_targets(caffe_sources, extractor, args.octaves, args.padding_mode, args.join_mode, args.mul)
+    targets = [autodiff.to_device(t) for t in targets]  # uploaded once, constants of every stage's program
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
@@ -598,30 +608,27 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
 
     @functools.lru_cache(maxsize=None)
-    def stage(first: int) -> Callable:
-        """The loss of a canvas the size of pyramid level ``first``: the same multi-scale loss,
-        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled.
+    def stage(first: int) -> Minimiser:
+        """The optimiser of a canvas the size of pyramid level ``first``: the same multi-scale loss,
+        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled once.
 
-        Returns x -> (loss, gradient, (octaves,) style loss per octave, NaN for absent levels).
+        Its loss function reports the (octaves,) style loss per octave, NaN for absent levels.
         """
+        from keras import ops
+
         levels = args.octaves - first
         stage_targets, stage_weights = targets[first * len(layers):], weights[first * len(layers):]
-        absent = np.full(first, np.nan)
 
         def loss_fn(x):
             grams = multiscale_grams(x, extractor, levels, padding)
             total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
             if animated and first == 0:
                 total = total + args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
+            if first:
+                per_level = ops.concatenate([ops.full((first,), float("nan")), per_level])
             return total, per_level
 
-        compiled = autodiff.make_value_and_grad(loss_fn, (args.count, *sizes[first], 3))
-
-        def value_and_grad(x):
-            loss, grad, per_level = compiled(x)
-            return loss, grad, np.concatenate([absent, per_level])
-
-        return value_and_grad
+        return Minimiser(loss_fn, (args.count, *sizes[first], 3), pixel_bounds())
 
     if init_rgb is not None:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
@@ -672,7 +679,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     progress = Progress(start_iteration=args.start_iteration)
     record = {
         "status": "running", "network": problem.network, "weights": problem.weights_source,
-        "backend": autodiff.backend_name(), "layers": problem.layers, "random_seed": problem.random_seed,
+        "backend": autodiff.backend_name(), "device": autodiff.device_name(), "layers": problem.layers, "random_seed": problem.random_seed,
         "args": {**vars(args)}, "command": ["synthesize.py", *argv],
         "sources": [str(p) for p, _ in problem.sources], "output_dir": str(run_dir),
         "resumed_from": args.resume, "start_iteration": args.start_iteration,
@@ -684,7 +691,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
             "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
             "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history,
-            "level": level_of(progress.best_x) if progress.best_x is not None else 0, **extra,
+            "level": level_of(progress.current) if progress.current is not None else 0, **extra,
         })
         write_json(run_dir / "run.json", record)
 
@@ -704,6 +711,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         record["status"] = "non-finite"
         kept = "the last finite iterate" if progress.loss_history else "the starting image"
         progress.stop_reason = f"{err}; kept {kept}"
+        exit_status = 1
+    except autodiff.DeviceOutOfMemory as err:
+        record["status"] = "out-of-memory"
+        progress.stop_reason = (f"{err} ({args.count} frame(s)); lower --output-width/--output-height, --count "
+                                "or --octaves")
         exit_status = 1
     except Interrupted as interrupt:
         record["status"] = "interrupted"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLE
-from optimize import Progress, optimise, stage_budgets
+from optimize import Minimiser, Progress, optimise, stage_budgets
+from vgg16 import pixel_bounds
 from pyramid import resize_images
 from synthesize import main
 
@@ -49,18 +50,25 @@ class QuadraticProblem:
         self.stages_built = []
         self.first_x = {}  # level -> the first image its stage evaluated
 
-    def stage(self, first: int):
+    def stage(self, first: int) -> Minimiser:
+        from keras import ops
+
         self.stages_built.append(first)
         target = resize_images(self.target, self.level_sizes[first])
         curvature = resize_images(self.curvature, self.level_sizes[first])
+        aux = np.concatenate([np.full(first, np.nan), np.ones(self.octaves - first)]).astype(np.float32)
+        first_x = self.first_x
 
-        def value_and_grad(x):
-            self.first_x.setdefault(first, x.copy())
-            diff = x - target
-            aux = np.concatenate([np.full(first, np.nan), np.ones(self.octaves - first)])
-            return float(np.sum(curvature * diff * diff)), (2 * curvature * diff).astype(np.float32), aux
+        def loss_fn(x):
+            diff = ops.subtract(x, target)
+            return ops.sum(ops.multiply(curvature, diff * diff)), ops.convert_to_tensor(aux)
 
-        return value_and_grad
+        class Recording(Minimiser):
+            def run(self, x0, **kwargs):
+                first_x.setdefault(first, np.clip(x0, self.low, self.high))
+                return super().run(x0, **kwargs)
+
+        return Recording(loss_fn, (1, *self.level_sizes[first], 3), pixel_bounds())
 
 
 def test_coarse_to_fine_runs_every_level_coarsest_first():
