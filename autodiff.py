@@ -90,6 +90,7 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
         if running != name:
             raise SynthesisError(f"--backend {name}: this process already runs Keras on {running}; "
                                  f"start a new process (or set KERAS_BACKEND={name})")
+        _configure(name)
         return name
     import importlib.util
 
@@ -107,14 +108,16 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
             import tensorflow as tf
 
             tf.config.list_physical_devices()
-        elif name == "jax":
-            _configure_jax()
+        _configure(name)
     return name
 
 
-def _configure_jax() -> None:
-    """Persistent compilation cache (a repeated run of the same shapes compiles nothing) and a
-    compilation counter."""
+def _configure(name: str) -> None:
+    """Once per process: JAX's persistent compilation cache (a repeated run of the same shapes
+    reads its programs instead of compiling them) and a compilation counter."""
+    if name != "jax" or _compilations.get("configured"):
+        return
+    _compilations["configured"] = True
     import jax
 
     folder = Path(os.environ.get(JAX_CACHE_ENV) or _cache_home() / "texture-synthesis" / "jax")
@@ -144,7 +147,9 @@ def _cache_home() -> Path:
 def compilations() -> dict | None:
     """JAX only: {"count": XLA compilations so far, "cache_hits": programs read from the
     persistent cache}; None on the other backends (they do not compile per op)."""
-    return dict(_compilations) if backend_name() == "jax" else None
+    if backend_name() != "jax":
+        return None
+    return {"count": _compilations["count"], "cache_hits": _compilations["cache_hits"]}
 
 
 def backend_name() -> str:
@@ -313,17 +318,17 @@ def make_deterministic(seed: int) -> None:
     fixed workspace); JAX: deterministic GPU ops (set in ``init_backend``); the
     CPU builds of all three are deterministic for these ops.
     """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    backend = backend_name()
+    backend = backend_name()  # (not keras.utils.set_random_seed: it imports TensorFlow on every backend)
+    np.random.seed(seed)
     if backend == "tensorflow":
         import tensorflow as tf
 
+        tf.random.set_seed(seed)
         tf.config.experimental.enable_op_determinism()
     elif backend == "torch":
         import torch
 
+        torch.manual_seed(seed)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

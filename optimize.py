@@ -24,6 +24,8 @@ is asked for (``Progress.best_x``: snapshots, the progress picture, the end).
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -243,6 +245,7 @@ class Minimiser:
 
     def __init__(self, loss_fn: LossFn, shape: tuple[int, ...], bounds=None, memory: int = MEMORY):
         self.shape = tuple(shape)
+        self.loss_fn = loss_fn
         self.memory = memory
         if bounds is None:
             bounds = (-np.inf, np.inf)
@@ -416,8 +419,10 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
         on_stage(progress.iterations + budget, progress.iterations, label)
         stage = Progress()
         evaluations_before = progress.evaluations
+        ticks = [time.perf_counter()]  # the stage's start, then the end of each iteration
 
         def forward(stage_progress: Progress) -> None:
+            ticks.append(time.perf_counter())
             progress.loss_history.append(stage_progress.loss_history[-1])
             if stage_progress.aux_history:
                 progress.aux_history.append(stage_progress.aux_history[-1])
@@ -444,7 +449,11 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             if stage.current is not None:
                 progress.current = stage.current
             progress.stop_reason = stage.stop_reason
+            steps = [b - a for a, b in zip(ticks[1:], ticks[2:])]  # the first includes the compilation
+            median = statistics.median(steps) if steps else 0.0
             progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
-                                    "initial_loss": stage.initial_loss, "final_loss": stage.final_loss})
+                                    "initial_loss": stage.initial_loss, "final_loss": stage.final_loss,
+                                    "seconds": round(ticks[-1] - ticks[0], 4),
+                                    "iteration_seconds": round(median, 5)})
         x = stage.best_x
     return progress

@@ -546,7 +546,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     from pyramid import level_sizes
     from images import load_rgb, resize
     from seeds import image_start, starting_images
-    from vgg16 import build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess
+    from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
+                       require_layers)
 
     autodiff.init_backend(args.backend, verbose=args.debug, deterministic=args.random_seed is not None)
     width, height = args.output_width, args.output_height
@@ -564,6 +565,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         if layer >= len(names):
             raise UsageError(f"--layers {layer}: out of range for {network} (0..{len(names) - 1})")
     layers = [layer_name(network, layer) for layer in args.layers]
+    require_layers(loaded, layer_name(network, max(args.layers)))
     # the synthesised image's boundary; the sources' targets always use --padding-mode
     padding = TILE_PADDING if args.tile else args.padding_mode
     if args.tile:
@@ -647,8 +649,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     from animation import ANIMATION_FILE, measured_distances, save_animation
     from images import repeat_2x2, save_png
     from optimize import NonFiniteLoss, Progress, optimise
-    from outputs import (create_run_dir, frame_file, run_dir_name, snapshot_file, tiled_preview_file,
-                         write_json, write_text)
+    from outputs import (BackgroundWriter, create_run_dir, frame_file, run_dir_name, snapshot_file,
+                         tiled_preview_file, write_json, write_text)
     from pyramid import expand_to
     from quality import seam_ratio
     from vgg16 import deprocess
@@ -685,7 +687,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         "resumed_from": args.resume, "start_iteration": args.start_iteration,
     }
 
-    def write_record(**extra) -> None:
+    writer = BackgroundWriter()  # snapshots and their run.json, while the optimisation goes on
+
+    def write_record(background: bool = False, **extra) -> None:
         record.update({
             "iterations": progress.iterations, "evaluations": progress.evaluations,
             "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
@@ -693,13 +697,16 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history,
             "level": level_of(progress.current) if progress.current is not None else 0, **extra,
         })
-        write_json(run_dir / "run.json", record)
+        if background:  # a copy: the record and histories change while it waits
+            writer.submit(write_json, run_dir / "run.json", json.loads(json.dumps(record)))
+        else:
+            write_json(run_dir / "run.json", record)
 
     def on_iteration(progress: Progress) -> None:
         i = progress.iterations
         if i % args.save_every == 0:
-            save_frames(lambda f: snapshot_file(i, f), progress.best_x)
-            write_record()  # so that a run killed outright can still be resumed
+            writer.submit(save_frames, lambda f: snapshot_file(i, f), progress.best_x)
+            write_record(background=True)  # so that a run killed outright can still be resumed
         reporter.update(i, progress.final_loss)
 
     exit_status = 0
@@ -724,6 +731,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         exit_status = interrupt.exit_status
     finally:
         reporter.close()
+        writer.wait()
     if exit_status:
         reporter.message(f"stopped: {progress.stop_reason}; saving the current image")
     final = save_frames(lambda f: frame_file("final", f), progress.best_x)

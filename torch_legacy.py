@@ -157,3 +157,59 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
     """Read the legacy torch state dict at ``path`` (see ``read_state_dict``)."""
     with open(path, "rb") as f:
         return read_state_dict(f)
+
+
+# ----------------------------------------------------------------------------
+# Writing (so that a file holding only some layers can be made without torch)
+
+
+def _op_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _op_str(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _op_int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)
+
+
+def _op_tuple(items: list[bytes]) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _state_pickle(names: list[str], arrays: list[np.ndarray]) -> bytes:
+    """The state dict's pickle, opcode by opcode (protocol 2): an OrderedDict of tensors rebuilt by
+    ``torch._utils._rebuild_tensor_v2`` from float storages keyed "0", "1", ... (torch need not be
+    importable here, which ``pickle.dump`` of stand-ins would require)."""
+    out = [b"\x80\x02", _op_global("collections", "OrderedDict"), b")R("]
+    for key, (name, array) in enumerate(zip(names, arrays, strict=True)):
+        storage = _op_tuple([_op_str("storage"), _op_global("torch", "FloatStorage"), _op_str(str(key)),
+                             _op_str("cpu"), _op_int(array.size), b"N"]) + b"Q"  # N: no view
+        strides, step = [], 1
+        for side in reversed(array.shape):
+            strides.insert(0, step)
+            step *= side
+        args = _op_tuple([storage, _op_int(0), _op_tuple([_op_int(s) for s in array.shape]),
+                          _op_tuple([_op_int(s) for s in strides]), b"\x89",
+                          _op_global("collections", "OrderedDict") + b")R"])
+        out += [_op_str(name), _op_global("torch._utils", "_rebuild_tensor_v2"), args, b"R"]
+    out.append(b"u.")
+    return b"".join(out)
+
+
+def write_state_dict(f: BinaryIO, state: dict[str, np.ndarray]) -> None:
+    """Write float32 arrays as a legacy torch state dict that ``read_state_dict`` (and torch) read."""
+    names = list(state)
+    arrays = [np.ascontiguousarray(state[name], dtype="<f4") for name in names]
+    for header in (MAGIC_NUMBER, PROTOCOL_VERSION,
+                   {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+                    "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(header, f, protocol=2)
+    f.write(_state_pickle(names, arrays))
+    pickle.dump([str(key) for key in range(len(arrays))], f, protocol=2)
+    for array in arrays:
+        f.write(struct.pack("<q", array.size))
+        f.write(array.tobytes())

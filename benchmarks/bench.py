@@ -80,11 +80,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def reference_gflops(size: int, repeats: int) -> float:
+def reference_gflops(size: int, repeats: int) -> float | None:
     """Best GFLOP/s of a single 3x3 conv with ReLU, forward and input gradient, at VGG's shapes
     for a size x size image (64 -> 64 channels at full size, 128 at half, 256 at a quarter):
     about the best this backend does on these convolutions. TensorFlow directly, with the
-    tensors kept in the backend, so no copy between numpy and the backend is timed."""
+    tensors kept in the backend, so no copy between numpy and the backend is timed. None on
+    the other backends."""
+    import autodiff
+
+    if autodiff.backend_name() != "tensorflow":
+        return None
     import tensorflow as tf
 
     best = 0.0
@@ -122,53 +127,88 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
 
     import autodiff
     import synthesize
-    from optimize import Progress, lbfgs
-    from vgg16 import pixel_bounds
+    from optimize import Progress
 
     args = synthesize.parse_args(["-s", str(EXAMPLE), "-ow", str(size), "--network", network,
                                   "--random-seed", "0", "-q", *extra])
     problem = synthesize.prepare(args, lambda message: None)
     shape = problem.x0.shape
+    minimiser = problem.stage(0)
+
+    def on_device(loss_fn):
+        """loss_fn's loss and gradient compiled alone; timed until the loss reaches the host (the
+        gradient is computed by then, in the same program), the gradient staying on the device."""
+        compiled = autodiff.compile(autodiff.value_and_grad(loss_fn))
+        return lambda x: autodiff.to_numpy(compiled(x)[0])
 
     # the bare network: forward and input gradient of a plain sum of the same features
-    bare = autodiff.make_value_and_grad(
-        lambda x: (sum(ops.sum(f) for f in problem.features(x)), ops.zeros((1,))), shape)
-    bare(problem.x0)  # trace outside the timing
-    problem.value_and_grad(problem.x0)
+    bare = on_device(lambda x: (sum(ops.sum(f) for f in problem.features(x)), ops.zeros((1,))))
+    evaluation = on_device(minimiser.loss_fn)
+    x0 = minimiser.to_device(problem.x0)
+    bare(x0), evaluation(x0)  # compile outside the timing
     iteration_times, bare_times, eval_times, evals = [], [], [], []
     mark = {}
 
     def on_iteration(p: Progress) -> None:
         iteration_times.append(time.perf_counter() - mark["start"])
         evals.append(p.evaluations)
-        bare_times.append(_timed(bare, p.best_x))
-        eval_times.append(_timed(problem.value_and_grad, p.best_x))
+        bare_times.append(_timed(bare, p.current))
+        eval_times.append(_timed(evaluation, p.current))
         mark["start"] = time.perf_counter()
 
     progress = Progress()
     mark["start"] = time.perf_counter()
-    lbfgs(problem.value_and_grad, problem.x0, max_iter=warmup + iterations, tol=0, on_iteration=on_iteration,
-          progress=progress, bounds=pixel_bounds())
+    minimiser.run(problem.x0, max_iter=warmup + iterations, tol=0, on_iteration=on_iteration, progress=progress)
     eval_counts = [b - a for a, b in zip([1, *evals[:-1]], evals)][warmup:]
     per_iter = statistics.median(iteration_times[warmup:])
     bare_s = statistics.median(bare_times[warmup:])
     eval_s = statistics.median(eval_times[warmup:])
     evals_per_iter = sum(eval_counts) / len(eval_counts)
     flops = conv_flops(problem.network, problem.layers, problem.level_sizes, args.padding_mode, args.count)
+    reference = reference_gflops(shape[1], 5)
     return {
         "network": problem.network, "size": size, "canvas": list(shape[1:3]), "octaves": args.octaves,
-        "padding": args.padding_mode, "extra": extra,
+        "padding": args.padding_mode, "extra": extra, "backend": autodiff.backend_name(),
+        "device": autodiff.device_name(),
         "s_per_iter": per_iter, "evals_per_iter": evals_per_iter, "eval_s": eval_s,
+        # the share of an iteration spent outside its loss evaluation (iterations of one evaluation):
+        # the optimiser's own work, dispatch and the few scalars that cross to the host
+        "outside_share": 1 - eval_s / statistics.median(
+            [t for t, n in zip(iteration_times[warmup:], eval_counts) if n == 1] or [math.nan]),
         # an iteration with a single evaluation, less that evaluation: the optimiser's own step
         "optimiser_s": statistics.median(
             [t for t, n in zip(iteration_times[warmup:], eval_counts) if n == 1] or [math.nan]) - eval_s,
         "bare_s": bare_s, "overhead": per_iter / bare_s,
         "gflop_per_eval": flops / 1e9, "gflops_bare": flops / 1e9 / bare_s,
         "gflops_iter": flops / 1e9 * evals_per_iter / per_iter,
-        "gflops_reference": reference_gflops(shape[1], 5),
+        "gflops_reference": reference,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "iterations_measured": len(iteration_times) - warmup,
+        "compilations": autodiff.compilations(),
     }
+
+
+def whole_run(size: int, network: str, extra: list[str]) -> dict:
+    """Wall time of a whole default run of ``size`` px as a user starts it (a fresh process:
+    imports, weights, targets, compilation, 500 iterations, files), and its start-up: the wall
+    time less each stage's iterations at their median time (run.json's ``stages``): imports,
+    weights, targets, compilation, files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(REPO / "synthesize.py"), "-s", str(EXAMPLE), "-ow", str(size),
+                   "--network", network, "--random-seed", "0", "-q", "--output-dir", out, *extra]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"whole run failed:\n{done.stderr[-3000:]}")
+        record = json.loads(next(Path(out).glob("*/run.json")).read_text())
+    iterating = sum(stage["iterations"] * stage["iteration_seconds"] for stage in record["stages"])
+    full_size = record["stages"][-1]
+    return {"size": size, "extra": extra, "wall_s": wall, "iterations": record["iterations"],
+            "iteration_s": full_size["iteration_seconds"], "startup_s": wall - iterating,
+            "backend": record["backend"], "device": record["device"], "final_loss": record["final_loss"]}
 
 
 def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], texture: Path,
@@ -191,7 +231,7 @@ def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], 
 
     def on_iteration(p: Progress) -> None:
         now = time.perf_counter() - reference["start"]
-        full_size = p.best_x.shape == reference["shape"]  # coarse stages have partial losses
+        full_size = tuple(p.current.shape) == reference["shape"]  # coarse stages have partial losses
         trace.append((now, p.final_loss, full_size))
         for fraction in TTQ_FRACTIONS:
             if full_size and crossings[fraction] is None and p.final_loss < fraction * reference["loss"]:
@@ -256,6 +296,9 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=Path, default=None, metavar="DIR",
                         help="time to quality: write each run's final image here, TEXTURE-SCHEDULE.png")
     parser.add_argument("--no-table", action="store_true", help="skip the per-iteration table (with --ttq)")
+    parser.add_argument("--whole", type=int, nargs="*", default=None, metavar="SIZE",
+                        help="also time whole default runs of these sizes, as a user starts them, twice "
+                        "(the second shows what a warm compilation cache saves)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--one", nargs=4, metavar=("NETWORK", "SIZE", "ITERATIONS", "WARMUP"), help=argparse.SUPPRESS)
     parser.add_argument("--ttq-one", nargs=5, metavar=("NETWORK", "SIZE", "BUDGET", "TEXTURE", "IMAGE"),
@@ -276,19 +319,31 @@ def main(argv=None) -> int:
     networks = args.networks or (["vgg19"] if args.quick else available_networks())
     sizes = args.sizes or ([256] if args.quick else [256, 512] + ([1024] if args.large else []))
     iterations, warmup = (5, 2) if args.quick else (args.iterations, 3)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores; extra flags: {args.extra or '(none)'}")
-    print(f"{'network':8} {'size':>5} {'s/iter':>7} {'evals/it':>8} {'eval s':>7} {'bare s':>7} {'overhead':>8} "
-          f"{'GFLOP':>6} {'GFLOP/s':>7} {'conv ref':>8} {'peak MiB':>8}")
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+               "backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; backend {machine['backend']} (KERAS_BACKEND); "
+          f"extra flags: {args.extra or '(none)'}")
+    print(f"{'network':8} {'size':>5} {'s/iter':>7} {'evals/it':>8} {'eval s':>7} {'outside':>7} {'bare s':>7} "
+          f"{'overhead':>8} {'GFLOP':>6} {'GFLOP/s':>7} {'conv ref':>8} {'peak MiB':>8}  device")
     rows = []
     for network in [] if args.no_table else networks:
         for size in sizes:
             extra_args = ["--extra", args.extra] if args.extra else []
             r = child(["--one", network, str(size), str(iterations), str(warmup), *extra_args])
             rows.append(r)
-            print(f"{r['network']:8} {r['size']:>5} {r['s_per_iter']:>7.3f} {r['evals_per_iter']:>8.2f} "
-                  f"{r['eval_s']:>7.3f} {r['bare_s']:>7.3f} {r['overhead']:>8.2f} {r['gflop_per_eval']:>6.1f} "
-                  f"{r['gflops_bare']:>7.1f} {r['gflops_reference']:>8.1f} {r['peak_rss_mib']:>8.0f}", flush=True)
+            reference = f"{r['gflops_reference']:>8.1f}" if r["gflops_reference"] else f"{'-':>8}"
+            print(f"{r['network']:8} {r['size']:>5} {r['s_per_iter']:>7.4f} {r['evals_per_iter']:>8.2f} "
+                  f"{r['eval_s']:>7.4f} {r['outside_share']:>7.1%} {r['bare_s']:>7.4f} {r['overhead']:>8.2f} "
+                  f"{r['gflop_per_eval']:>6.1f} {r['gflops_bare']:>7.1f} {reference} {r['peak_rss_mib']:>8.0f}  "
+                  f"{r['device']}", flush=True)
+    whole = []
+    for size in args.whole or []:
+        for attempt in ("first", "repeated"):
+            r = whole_run(size, networks[0], extra)
+            r["attempt"] = attempt
+            whole.append(r)
+            print(f"whole default run {size} px ({attempt}): {r['wall_s']:.1f} s wall, {r['iterations']} iterations "
+                  f"({r['iteration_s']:.4f} s each at full size), start-up {r['startup_s']:.1f} s; {r['device']}", flush=True)
     ttq = []
     if args.ttq:
         header = " ".join(f"{'s to ' + format(f, 'g'):>9}" for f in TTQ_FRACTIONS)
@@ -311,7 +366,7 @@ def main(argv=None) -> int:
                 print(f"{texture.stem:12} {schedule:15} {crossed} {end} {r['iterations']:>5} "
                       f"{r['seconds']:>6.1f}", flush=True)
     args.json.write_text(json.dumps({"machine": machine, "extra": args.extra, "results": rows,
-                                     "time_to_quality": ttq}, indent=2) + "\n")
+                                     "whole_runs": whole, "time_to_quality": ttq}, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 
