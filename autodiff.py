@@ -276,10 +276,16 @@ def _as_tensors(value):
 
 
 def to_device(x) -> object:
-    """A float32 backend tensor on the run's device (numpy arrays and numbers)."""
+    """A float32 backend tensor on the run's device (numpy arrays and numbers). Under JAX a plain
+    copy (``device_put``): ``jnp.asarray`` compiles a small program for every new shape."""
+    x = np.asarray(x, np.float32)
+    if backend_name() == "jax":
+        import jax
+
+        return jax.device_put(x)
     from keras import ops
 
-    return ops.convert_to_tensor(np.asarray(x, np.float32), dtype="float32")
+    return ops.convert_to_tensor(x, dtype="float32")
 
 
 def to_numpy(x) -> np.ndarray:

@@ -695,7 +695,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
             "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
             "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history,
-            "level": level_of(progress.current) if progress.current is not None else 0, **extra,
+            "level": level_of(progress.current) if progress.current is not None else 0,
+            "compilations": autodiff.compilations(), **extra,
         })
         if background:  # a copy: the record and histories change while it waits
             writer.submit(write_json, run_dir / "run.json", json.loads(json.dumps(record)))

@@ -146,8 +146,10 @@ def _given(value: np.ndarray) -> Callable:
     """A Keras initializer that returns ``value`` (float32, of the variable's shape)."""
 
     def initializer(shape, dtype=None):
+        import autodiff
+
         assert tuple(shape) == value.shape, (shape, value.shape)
-        return value
+        return autodiff.to_device(value)
 
     return initializer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -39,9 +40,22 @@ def no_download(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
 
 
-def interrupt_cli(argv: list[str], wait_for: Path, sig: int) -> tuple[int, str]:
+def installed_backends() -> list[str]:
+    """The Keras backends whose package is installed here: tensorflow (a requirement), jax, torch."""
+    return ["tensorflow"] + [name for name in ("jax", "torch") if importlib.util.find_spec(name) is not None]
+
+
+def backend_env(backend: str | None = None) -> dict:
+    """The environment of a synthesize.py subprocess on ``backend`` (default: this process's)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
+    return env
+
+
+def interrupt_cli(argv: list[str], wait_for: Path, sig: int, backend: str | None = None) -> tuple[int, str]:
     """Run synthesize.py as a subprocess, send ``sig`` once ``wait_for`` exists; (exit status, stderr)."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "synthesize.py"), *argv],
+    proc = subprocess.Popen([sys.executable, str(REPO / "synthesize.py"), *argv], env=backend_env(backend),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not wait_for.exists():
