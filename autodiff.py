@@ -180,6 +180,27 @@ def device_name() -> str:
     return "cpu"
 
 
+def available_memory() -> tuple[float | None, str]:
+    """(bytes free for the run's tensors, what they are): the GPU's memory when the run uses one
+    (JAX, torch), else the machine's (Linux MemAvailable); None when unknown."""
+    gpu = accelerator_memory()
+    if gpu is not None:
+        return gpu, "GPU memory"
+    return machine_memory(), "memory"
+
+
+def machine_memory() -> float | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def accelerator_memory() -> float | None:
     """Bytes of memory free on the GPU the run uses, or None on the CPU and where the backend does not
     say (TensorFlow reports what it uses, not what the card has)."""

@@ -52,9 +52,9 @@ class Progress:
     start_iteration: int = 0  # iterations done before this optimisation (a resumed run)
     stages: list[dict] = field(default_factory=list)  # coarse-to-fine: what each stage did
     evaluations: int = 0
-    current: object = None  # last accepted iterate, a backend tensor of the image shape
+    current: object = field(default=None, repr=False)  # last accepted iterate: a backend tensor, image shape
     stop_reason: str = ""
-    _host: tuple = (None, None)  # (current, its numpy copy)
+    _host: tuple = field(default=(None, None), repr=False)  # (current, its numpy copy)
 
     @property
     def best_x(self) -> np.ndarray | None:
@@ -141,13 +141,15 @@ TRIAL_STATS = ("loss", "promise", "slope", "sy", "yy", "moved_from_reference", "
 
 
 def trial_program(value_and_grad: Callable, low, high) -> Callable:
-    """(start_x, start_grad, direction, step, scale, reference) -> (x, grad, s, y, stats, aux).
+    """(start_x, start_grad, direction, step, scale, reference) -> (x, grad, s, y, stats).
 
     x = the trial point ``start_x + step direction`` projected into [low, high];
     loss and gradient there, times ``scale``; s = x - start_x, y = grad -
-    start_grad; stats = ``TRIAL_STATS``: the scaled loss, start_grad.s (the
+    start_grad; stats = ``TRIAL_STATS`` (the scaled loss, start_grad.s (the
     slope's promise), grad.s, s.y, y.y, max |x - reference|, 1 when loss and
-    gradient are finite. All on the device, in one program with the loss.
+    gradient are finite) followed by the loss function's aux, flattened: one
+    small vector, the only thing the host reads. All on the device, in one
+    program with the loss.
     """
     from keras import ops
 
@@ -159,7 +161,7 @@ def trial_program(value_and_grad: Callable, low, high) -> Callable:
         finite = ops.logical_and(ops.isfinite(loss), ops.all(ops.isfinite(grad)))
         stats = ops.stack([ops.cast(loss, "float32"), _dot(start_grad, s), _dot(grad, s), _dot(s, y), _dot(y, y),
                            ops.max(ops.abs(x - reference)), ops.cast(finite, "float32")])
-        return x, grad, s, y, stats, ops.cast(ops.reshape(aux, (-1,)), "float32")
+        return x, grad, s, y, ops.concatenate([stats, ops.cast(ops.reshape(aux, (-1,)), "float32")])
 
     return trial
 
@@ -266,11 +268,11 @@ class Minimiser:
         return autodiff.to_device(np.clip(np.asarray(x, np.float32).reshape(self.shape), self.low, self.high))
 
     def _try(self, start: Point, direction, step: float, scale: float, reference) -> Trial:
-        x, grad, s, y, stats, aux = self._trial(start.x, start.grad, direction, np.float32(step),
-                                                np.float32(scale), reference)
-        stats = autodiff.to_numpy(stats).astype(np.float64)  # the only transfer: a few scalars and aux
-        loss, promise, slope, sy, yy, moved, finite = (float(v) for v in stats)
-        return Trial(Point(x, loss, grad, autodiff.to_numpy(aux)), promise, slope, moved == 0, finite == 1,
+        x, grad, s, y, stats = self._trial(start.x, start.grad, direction, np.float32(step), np.float32(scale),
+                                           reference)
+        stats = autodiff.to_numpy(stats)  # the only transfer: a few scalars, then aux
+        loss, promise, slope, sy, yy, moved, finite = (float(v) for v in stats[:len(TRIAL_STATS)])
+        return Trial(Point(x, loss, grad, stats[len(TRIAL_STATS):]), promise, slope, moved == 0, finite == 1,
                      s, y, sy, yy)
 
     def evaluate(self, x) -> tuple[float, np.ndarray, np.ndarray]:

@@ -38,6 +38,14 @@ class Reporter:
         else:
             print(text, file=self.stream, flush=True)
 
+    def error(self, text: str) -> None:
+        """One line saying why the run stopped early: shown even when quiet."""
+        quiet, self.quiet = self.quiet, False
+        try:
+            self.message(text)
+        finally:
+            self.quiet = quiet
+
     def start(self, total: int, first: int = 0, label: str = "synthesising") -> None:
         """A stage of ``total`` iterations begins, numbered from ``first`` + 1."""
         self.close()

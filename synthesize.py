@@ -9,6 +9,7 @@ image -> Gaussian pyramid -> VGG features -> Gram matrices -> loss -> L-BFGS-B -
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -40,6 +41,7 @@ TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: oppo
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from autodiff import BACKENDS
     from gram import JOIN_MODES
     from padding import PADDING_MODES
     from seeds import SEED_MODES
@@ -145,7 +147,7 @@ def make_parser() -> argparse.ArgumentParser:
                       "at k times the target distance; must be smaller than --count")
 
     misc = parser.add_argument_group("other")
-    misc.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+    misc.add_argument("--backend", choices=BACKENDS, default=None,
                       help="Keras backend to compute with (default: $KERAS_BACKEND, else tensorflow): "
                       "tensorflow is the fastest on a CPU, jax on a GPU; see the README's Backends section")
     misc.add_argument("--quiet", "-q", action="store_true",
@@ -419,25 +421,11 @@ def estimated_memory(network: str, layers, octaves: int, padding: str, height: i
     return BASE_MEMORY + count * floats * BYTES_PER_ACTIVATION
 
 
-def available_memory() -> float | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_memory(need: float, force: bool) -> None:
-    """Refuse (UsageError) when ``need`` bytes exceed the memory available: the GPU's when the run
-    uses one, else the machine's."""
+    """Refuse (UsageError) when ``need`` bytes exceed what the run's device has free."""
     import autodiff
 
-    gpu = autodiff.accelerator_memory()
-    available, what = (gpu, "GPU memory") if gpu is not None else (available_memory(), "memory")
+    available, what = autodiff.available_memory()
     if available is not None and need > available and not force:
         raise UsageError(
             f"the output size needs about {need / 2**30:.1f} GiB of {what} but {available / 2**30:.1f} GiB "
@@ -681,7 +669,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     progress = Progress(start_iteration=args.start_iteration)
     record = {
         "status": "running", "network": problem.network, "weights": problem.weights_source,
-        "backend": autodiff.backend_name(), "device": autodiff.device_name(), "layers": problem.layers, "random_seed": problem.random_seed,
+        "backend": autodiff.backend_name(), "device": autodiff.device_name(), "layers": problem.layers,
+        "random_seed": problem.random_seed,
         "args": {**vars(args)}, "command": ["synthesize.py", *argv],
         "sources": [str(p) for p, _ in problem.sources], "output_dir": str(run_dir),
         "resumed_from": args.resume, "start_iteration": args.start_iteration,
@@ -699,7 +688,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "compilations": autodiff.compilations(), **extra,
         })
         if background:  # a copy: the record and histories change while it waits
-            writer.submit(write_json, run_dir / "run.json", json.loads(json.dumps(record)))
+            writer.submit(write_json, run_dir / "run.json", copy.deepcopy(record))
         else:
             write_json(run_dir / "run.json", record)
 
@@ -734,7 +723,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         reporter.close()
         writer.wait()
     if exit_status:
-        reporter.message(f"stopped: {progress.stop_reason}; saving the current image")
+        reporter.error(f"stopped: {progress.stop_reason}; saving the current image")
     final = save_frames(lambda f: frame_file("final", f), progress.best_x)
     if problem.interframe is not None:
         save_animation(run_dir / ANIMATION_FILE, final)

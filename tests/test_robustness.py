@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import autodiff
 import synthesize
 from conftest import EXAMPLE, REPO, interrupt_cli
 from errors import UsageError
@@ -177,13 +178,40 @@ def test_memory_estimate_refuses_and_force_overrides(monkeypatch, tmp_path, caps
     assert need > 100 * 2**30  # an 8000 px square needs far more than this machine has
     small = synthesize.estimated_memory("vgg19", ["block1_pool", "block3_conv2"], 4, "valid", 512, 512, 1)
     assert 1.0 * 2**30 < small < 2.5 * 2**30  # measured peak: 1.3 GiB
-    monkeypatch.setattr(synthesize, "available_memory", lambda: 2.0 * 2**30)
+    monkeypatch.setattr(autodiff, "machine_memory", lambda: 2.0 * 2**30)
     with pytest.raises(UsageError, match=r"needs about .* GiB .* 2\.0 GiB is available.*--force"):
         synthesize.check_memory(need, force=False)
     synthesize.check_memory(need, force=True)  # no error
     status, err = run_cli(capsys, ["-s", str(EXAMPLE), "-ow", "8000", "--network", "vgg19",
                                    "--output-dir", str(tmp_path / "o")])
     assert status == 2 and "--force" in err[-1] and not (tmp_path / "o").exists()
+
+
+def test_on_a_gpu_the_estimate_is_checked_against_its_memory(monkeypatch):
+    monkeypatch.setattr(autodiff, "accelerator_memory", lambda: 1.0 * 2**30)
+    with pytest.raises(UsageError, match=r"GiB of GPU memory but 1\.0 GiB is available"):
+        synthesize.check_memory(3.0 * 2**30, force=False)
+
+
+def test_device_out_of_memory_is_one_line_and_keeps_the_image(tmp_path, capsys, monkeypatch):
+    # what JAX raises when the GPU cannot allocate, in the middle of a stage
+    import optimize
+
+    real_run = optimize.Minimiser.run
+
+    def run(self, x0, **kwargs):
+        if self.shape[1] > 60:  # the full-size stage (88 px with the margin; the coarse one is 42)
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12884901888 bytes.")
+        return real_run(self, x0, **kwargs)
+
+    monkeypatch.setattr(optimize.Minimiser, "run", run)
+    status, err = run_cli(capsys, ["-s", str(EXAMPLE), *SMALL, "-q", "--output-dir", str(tmp_path)])
+    assert status == 1 and len(err) == 1, err
+    assert "ran out of memory at 88x88" in err[0] and "lower --output-width/--output-height" in err[0]
+    run_dir = next(tmp_path.iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "out-of-memory" and (run_dir / "final_F0000.png").is_file()
+    assert autodiff.is_out_of_memory(MemoryError()) and not autodiff.is_out_of_memory(ValueError("shape"))
 
 
 # ---------------------------------------------------------------- output directory and disk
