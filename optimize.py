@@ -210,6 +210,10 @@ def line_search(try_step: Callable[[float, Point | None], Trial], start: Point, 
     changing the (projected) trial point, the longest step that met the
     sufficient decrease; None when none did. Raises NonFiniteLoss at a trial
     point with a descent promise whose loss or gradient is not finite.
+
+    Each trial is evaluated (the projection, the loss and the dot products are
+    one program on the device), also the rare ones that turn out unusable: a
+    projection that leaves no descent, or a grown step that moved nothing.
     """
     short, long = 0.0, math.inf
     longest_good = None
@@ -221,7 +225,7 @@ def line_search(try_step: Callable[[float, Point | None], Trial], start: Point, 
             long = step
         else:
             if not trial.finite:
-                raise NonFiniteLoss(f"the loss became {trial.point.loss}")
+                raise NonFiniteLoss("the loss or its gradient stopped being finite")
             if trial.point.loss > start.loss + ARMIJO * trial.promise:
                 long = step
                 if longest_good is None:  # a quadratic through loss, slope and this trial
@@ -315,8 +319,11 @@ class Minimiser:
                 pairs.clear()
                 direction, stats = self._direction(point.x, point.grad, *self._memory(pairs))
                 norm = float(autodiff.to_numpy(stats)[2])
-            step = 1.0 if pairs else min(1.0, 1.0 / norm)
-            new = line_search(try_step, point, step)
+            step = 1.0 if pairs or norm == 0 else min(1.0, 1.0 / norm)
+            try:
+                new = line_search(try_step, point, step)
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(f"{err} at evaluation {progress.evaluations}") from None
             if new is None:
                 progress.stop_reason = f"the line search found no lower loss in {MAX_TRIALS} trials"
                 break
@@ -435,7 +442,8 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
         if x_level is None:  # the starting image, brought down to this stage's size:
             if level > 0 and problem.x0_is_image:  # an image: its pyramid level
                 reduced = autodiff.compile(lambda image: gaussian_pyramid(image, level + 1, problem.padding)[level])
-                x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
+                with autodiff.out_of_memory_as_error(f"at {problem.level_sizes[0][1]}x{problem.level_sizes[0][0]}"):
+                    x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time

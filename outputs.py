@@ -103,10 +103,17 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once at import: umask() changes it for a moment, process-wide
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def write_text(path: Path, text: str) -> None:
@@ -148,8 +155,11 @@ class BackgroundWriter:
         self._pending.append(self._pool.submit(write, *args))
 
     def wait(self) -> None:
+        """Block until every write is done (its thread ends once idle); raise the first failure."""
         pending, self._pending = self._pending, []
         errors = [future.exception() for future in pending]  # waits for every one of them
+        self._pool.shutdown(wait=False)  # a later submit starts a new worker thread
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         first = next((error for error in errors if error is not None), None)
         if first is not None:
             raise first

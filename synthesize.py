@@ -703,6 +703,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     try:
         optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress,
                  on_stage=reporter.start, start_level=args.start_level)
+        writer.wait()  # the last snapshots (a signal meanwhile is an interruption like any other)
         record["status"] = "finished"
     except NonFiniteLoss as err:
         record["status"] = "non-finite"
@@ -721,10 +722,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         exit_status = interrupt.exit_status
     finally:
         reporter.close()
-        writer.wait()
+    writer.wait()  # after an early stop
     if exit_status:
         reporter.error(f"stopped: {progress.stop_reason}; saving the current image")
-    final = save_frames(lambda f: frame_file("final", f), progress.best_x)
+    last = progress.best_x if progress.best_x is not None else problem.x0  # stopped before any iterate
+    final = save_frames(lambda f: frame_file("final", f), last)
     if problem.interframe is not None:
         save_animation(run_dir / ANIMATION_FILE, final)
         # distances of the saved frames, in the caffe units of the target (a shift of the means cancels)

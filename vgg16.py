@@ -431,10 +431,11 @@ def trim_vgg19(source, target, deepest: str) -> int:
     keep = {"0"} | {str(VGG19_CONV_KEYS[conv_names("vgg19").index(n)]) for n in convs_through("vgg19", deepest)}
     state = load_state_dict(source)
     kept = {name: array for name, array in state.items() if name.split(".")[0] in keep}
+    from outputs import atomic_write
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as f:
-        write_state_dict(f, kept)
+    atomic_write(target, lambda f: write_state_dict(f, kept))  # never a half-written weights file
     return target.stat().st_size
 
 

@@ -193,18 +193,19 @@ def test_on_a_gpu_the_estimate_is_checked_against_its_memory(monkeypatch):
         synthesize.check_memory(3.0 * 2**30, force=False)
 
 
-def test_device_out_of_memory_is_one_line_and_keeps_the_image(tmp_path, capsys, monkeypatch):
-    # what JAX raises when the GPU cannot allocate, in the middle of a stage
+@pytest.mark.parametrize("where", ["run", "evaluate"])  # in the full-size stage; at the starting loss
+def test_device_out_of_memory_is_one_line_and_keeps_the_image(where, tmp_path, capsys, monkeypatch):
+    # what JAX raises when the GPU cannot allocate
     import optimize
 
-    real_run = optimize.Minimiser.run
+    real = getattr(optimize.Minimiser, where)
 
-    def run(self, x0, **kwargs):
-        if self.shape[1] > 60:  # the full-size stage (88 px with the margin; the coarse one is 42)
+    def failing(self, *args, **kwargs):
+        if self.shape[1] > 60:  # full size (88 px with the margin; the coarse stage is 42)
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12884901888 bytes.")
-        return real_run(self, x0, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(optimize.Minimiser, "run", run)
+    monkeypatch.setattr(optimize.Minimiser, where, failing)
     status, err = run_cli(capsys, ["-s", str(EXAMPLE), *SMALL, "-q", "--output-dir", str(tmp_path)])
     assert status == 1 and len(err) == 1, err
     assert "ran out of memory at 88x88" in err[0] and "lower --output-width/--output-height" in err[0]
@@ -295,7 +296,7 @@ def test_nan_mid_run_keeps_last_finite_iterate():
 
     seen = []
     progress = None
-    with pytest.raises(NonFiniteLoss, match="nan"):
+    with pytest.raises(NonFiniteLoss, match="stopped being finite at evaluation"):
         from optimize import Progress
 
         progress = Progress()

