@@ -47,3 +47,18 @@ def seam_ratio(rgb: np.ndarray) -> float:
     across = np.concatenate([np.abs(x[:, -1] - x[:, 0]).ravel(), np.abs(x[-1] - x[0]).ravel()])
     inside = np.concatenate([np.abs(np.diff(x, axis=1)).ravel(), np.abs(np.diff(x, axis=0)).ravel()])
     return float(across.mean() / inside.mean())
+
+
+def colour_outlier_share(rgb: np.ndarray, reference: np.ndarray, threshold: float = 20.0) -> float:
+    """Share of ``rgb``'s pixels further than ``threshold`` (Euclidean, RGB units 0-255) from every
+    colour that ``reference`` contains: colours the source does not have.
+
+    ``rgb``, ``reference``: RGB images (H, W, 3) of any sizes. 0 when every pixel's colour is within
+    ``threshold`` of one of the reference's; a false-colour blotch shows as its share of pixels.
+    """
+    from scipy.spatial import cKDTree
+
+    colours = np.unique(np.asarray(reference, np.float64).reshape(-1, 3), axis=0)
+    pixels = np.asarray(rgb, np.float64).reshape(-1, 3)
+    distance, _ = cKDTree(colours).query(pixels, distance_upper_bound=threshold)
+    return float(np.mean(np.isinf(distance)))  # no reference colour within the threshold

@@ -52,3 +52,17 @@ def test_default_settings_have_no_frame_and_the_original_start_has_one(tmp_path)
     # The original's dark start without the margin keeps a dark, blurred frame (measured: 0.58, 0.40).
     dark = _run(tmp_path, "gravel", "--seed", "dark", "--margin", "0")
     assert dark[0] < 0.9 and dark[1] < 0.8, dark
+
+
+def test_colour_outlier_share_closed_forms():
+    from quality import colour_outlier_share
+
+    reference = np.zeros((4, 4, 3), np.uint8)
+    reference[:2] = (100, 150, 50)  # two colours: black and one green
+    image = np.zeros((10, 10, 3), np.uint8)
+    assert colour_outlier_share(image, reference) == 0
+    image[0, :5] = (100, 150, 69)  # 19 units from the green: a colour the source has
+    image[1, :5] = (100, 150, 71)  # 21 units: one it does not have
+    image[2, :2] = (12, 12, 12)  # 20.8 units from black
+    assert colour_outlier_share(image, reference) == pytest.approx(7 / 100)
+    assert colour_outlier_share(image, reference, threshold=25) == 0

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Print how many colours an image has that its source does not: the share of its pixels further
+than 20 RGB units from every colour in the left half of the source, and the same share for a crop of
+the source's right half of the same size (what a real photo of the texture scores).
+
+    python3 benchmarks/colour_outliers.py SOURCE IMAGE [IMAGE ...] [--threshold 20]
+
+An image that invents colours (purple blotches in a grey-green photo) scores several times its
+source's crop; 1x or less means no colours from nowhere.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from images import load_rgb  # noqa: E402
+from quality import colour_outlier_share  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--threshold", type=float, default=20.0, help="distance in RGB units (0-255)")
+    args = parser.parse_args(argv)
+    source = load_rgb(args.source)
+    half = source.shape[1] // 2
+    reference, other = source[:, :half], source[:, half:]
+    print("image\toutliers\tsource crop\tratio")
+    for path in args.images:
+        rgb = load_rgb(path)
+        h, w = min(rgb.shape[0], other.shape[0]), min(rgb.shape[1], other.shape[1])
+        crop = other[(other.shape[0] - h) // 2:][:h, (other.shape[1] - w) // 2:][:, :w]
+        share = colour_outlier_share(rgb, reference, args.threshold)
+        baseline = colour_outlier_share(crop, reference, args.threshold)
+        ratio = share / baseline if baseline > 0 else float("inf") if share > 0 else 1.0
+        print(f"{path}\t{share:.4%}\t{baseline:.4%} ({w}x{h})\t{ratio:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
