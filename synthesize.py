@@ -517,11 +517,6 @@ class Problem:
     x0_is_image: bool  # x0 is an image (--init-image, --resume), not noise
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
 
-    @property
-    def value_and_grad(self) -> Callable:
-        """The full-size loss: x (count, H + 2m, W + 2m, 3) -> (loss, gradient, loss per octave), numpy."""
-        return self.stage(0).evaluate
-
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     """Load sources and weights, check sizes and memory, compute targets, compile the loss."""

@@ -242,7 +242,7 @@ def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], 
     args = synthesize.parse_args(["-s", str(texture), "-ow", str(size), "--network", network,
                                   "--random-seed", "0", "-q", "-m", str(TTQ_MAX_ITER), "--tol", "0", *extra])
     problem = synthesize.prepare(args, lambda message: None)
-    reference["loss"] = problem.value_and_grad(problem.x0)[0]  # the plain, full-size starting loss
+    reference["loss"] = problem.stage(0).evaluate(problem.x0)[0]  # the plain, full-size starting loss
     reference["shape"] = problem.x0.shape
     reference["start"] = time.perf_counter()
     progress = Progress()
