@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def installed_backends() -> list[str]:
 
 def backend_env(backend: str | None = None) -> dict:
     """The environment of a synthesize.py subprocess on ``backend`` (default: this process's)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONFAULTHANDLER": "1"}
     if backend is not None:
         env["KERAS_BACKEND"] = backend
     return env
@@ -62,5 +63,10 @@ def interrupt_cli(argv: list[str], wait_for: Path, sig: int, backend: str | None
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # stuck: SIGABRT makes faulthandler print every thread's stack
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        raise AssertionError(f"synthesize.py did not stop within 300 s of {sig}; its threads:\n{err[-6000:]}")
     return proc.returncode, err
