@@ -31,9 +31,7 @@ import numpy as np
 
 from errors import SynthesisError
 
-BACKENDS = ("tensorflow", "jax", "torch")  # the --backend choices
-DEFAULT_BACKEND = "tensorflow"
-BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+BACKENDS = ("tensorflow", "jax", "torch")  # the --backend choices, each also its package's name
 JAX_CACHE_ENV = "TEXTURE_JAX_CACHE"  # overrides the folder of JAX's persistent compilation cache
 
 _compilations = {"count": 0, "cache_hits": 0}
@@ -66,13 +64,8 @@ def _native_stderr_captured():
             os.close(saved)
 
 
-def requested_backend(backend: str | None) -> str:
-    """The backend a run will use: ``backend`` (--backend), else ``KERAS_BACKEND``, else tensorflow."""
-    return backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
-
-
 def init_backend(backend: str | None = None, verbose: bool = False, deterministic: bool = False) -> str:
-    """Start Keras on ``backend`` (see ``requested_backend``); returns the backend's name.
+    """Start Keras on ``backend`` (--backend), else ``KERAS_BACKEND``, else tensorflow; returns its name.
 
     Hides TensorFlow's start-up log unless ``verbose`` (it logs device probing
     from native code before any log level applies). ``deterministic`` asks the
@@ -80,9 +73,10 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
     starts. Raises SynthesisError when the backend is unknown, not installed, or
     a different one is already running in this process.
     """
-    name = requested_backend(backend)
+    name = backend or os.environ.get("KERAS_BACKEND") or BACKENDS[0]
     if name not in BACKENDS:
-        raise SynthesisError(f"--backend {name}: unknown backend (choose from {', '.join(BACKENDS)})")
+        raise SynthesisError(f"backend {name} (--backend or KERAS_BACKEND): not one this tool can "
+                             f"differentiate with (choose from {', '.join(BACKENDS)})")
     if "keras" in sys.modules:
         import keras
 
@@ -94,9 +88,9 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
         return name
     import importlib.util
 
-    if importlib.util.find_spec(BACKEND_PACKAGES[name]) is None:
-        raise SynthesisError(f"--backend {name}: the {BACKEND_PACKAGES[name]} package is not installed "
-                             f"(pip install {BACKEND_PACKAGES[name]}, or choose another --backend)")
+    if importlib.util.find_spec(name) is None:
+        raise SynthesisError(f"--backend {name}: the {name} package is not installed "
+                             f"(pip install {name}, or choose another --backend)")
     os.environ["KERAS_BACKEND"] = name
     if deterministic and name == "jax":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()

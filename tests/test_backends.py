@@ -115,3 +115,21 @@ def test_jax_compiles_once_per_shape_not_per_iteration(tmp_path, monkeypatch):
     assert counts["long"]["count"] == 3 * stages + sources, counts
     assert counts["again"]["cache_hits"] >= 2 * stages + sources, counts  # trials, directions, targets
 
+
+
+def test_a_backend_that_cannot_be_used_is_one_line(tmp_path, monkeypatch, capsys):
+    from synthesize import main
+
+    argv = [*SMALL, "-m", "1", "--output-dir", str(tmp_path / "o")]
+    monkeypatch.setenv("KERAS_BACKEND", "numpy")  # a Keras backend without gradients
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "backend numpy (--backend or KERAS_BACKEND)" in err[0]
+    monkeypatch.delenv("KERAS_BACKEND")
+    import autodiff
+
+    assert autodiff.init_backend() == "tensorflow"  # as every in-process test runs it
+    assert main([*argv, "--backend", "jax"]) == 1  # a process starts one backend
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already runs Keras on tensorflow" in err[0]
+    assert not (tmp_path / "o").exists()
