@@ -155,11 +155,9 @@ class BackgroundWriter:
         self._pending.append(self._pool.submit(write, *args))
 
     def wait(self) -> None:
-        """Block until every write is done (its thread ends once idle); raise the first failure."""
+        """Block until every write is done; raise the first failure."""
         pending, self._pending = self._pending, []
         errors = [future.exception() for future in pending]  # waits for every one of them
-        self._pool.shutdown(wait=False)  # a later submit starts a new worker thread
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         first = next((error for error in errors if error is not None), None)
         if first is not None:
             raise first

@@ -31,20 +31,15 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """One line of information (not shown when quiet)."""
-        if self.quiet:
-            return
+        if not self.quiet:
+            self.error(text)
+
+    def error(self, text: str) -> None:
+        """One line saying why the run stopped early: shown even when quiet."""
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:
             print(text, file=self.stream, flush=True)
-
-    def error(self, text: str) -> None:
-        """One line saying why the run stopped early: shown even when quiet."""
-        quiet, self.quiet = self.quiet, False
-        try:
-            self.message(text)
-        finally:
-            self.quiet = quiet
 
     def start(self, total: int, first: int = 0, label: str = "synthesising") -> None:
         """A stage of ``total`` iterations begins, numbered from ``first`` + 1."""
