@@ -108,11 +108,12 @@ def unreachable_targets(target: float, unrelated: float, count: int, order: int)
 
 def measured_distances(x: np.ndarray, order: int) -> list[list[float]]:
     """``d_k(i)`` of finished frames (N, H, W, C) for k = 1..order: ``order`` lists of N floats."""
+    from keras import ops
+
     import autodiff
 
-    frames = autodiff.to_device(x)
-    return [[float(d) for d in autodiff.to_numpy(autodiff.compile(lambda f, k=k: frame_distances(f, k))(frames))]
-            for k in range(1, order + 1)]
+    distances = autodiff.compile(lambda f: ops.stack([frame_distances(f, k) for k in range(1, order + 1)]))
+    return autodiff.to_numpy(distances(autodiff.to_device(x))).astype(float).tolist()  # one program
 
 
 def save_animation(path: Path, frames: np.ndarray, frame_ms: int = FRAME_MS) -> None:

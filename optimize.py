@@ -415,8 +415,9 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     if start_level is not None:
         levels = [level for level in levels if level <= start_level]
     x, x_level = problem.x0, None
+    at_full_size = "at {1}x{0}".format(*problem.level_sizes[0])
     if levels != [0]:  # the run's starting loss is the full-size loss of the starting canvas
-        with autodiff.out_of_memory_as_error(f"at {problem.level_sizes[0][1]}x{problem.level_sizes[0][0]}"):
+        with autodiff.out_of_memory_as_error(at_full_size):
             progress.initial_loss = problem.stage(0).evaluate(x)[0]
     budgets = stage_budgets(max_iter - progress.start_iteration, len(levels))
     for number, (level, budget) in enumerate(zip(levels, budgets, strict=True)):
@@ -442,7 +443,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
         if x_level is None:  # the starting image, brought down to this stage's size:
             if level > 0 and problem.x0_is_image:  # an image: its pyramid level
                 reduced = autodiff.compile(lambda image: gaussian_pyramid(image, level + 1, problem.padding)[level])
-                with autodiff.out_of_memory_as_error(f"at {problem.level_sizes[0][1]}x{problem.level_sizes[0][0]}"):
+                with autodiff.out_of_memory_as_error(at_full_size):
                     x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
