@@ -24,6 +24,10 @@ the same numbers as JSON (``--json``, default benchmarks/results.json).
   GFLOP/s: that over bare s; conv ref: the GFLOP/s of a single 3x3 64 -> 64
   conv at the image's size, forward and input gradient (what the backend
   reaches on VGG's convolutions at their best).
+- outside: the share of an iteration (of one evaluation) spent outside the evaluation.
+  Any backend and device: set ``KERAS_BACKEND``.
+- whole runs (``--whole SIZE ...``): a default run as a user starts it, twice (cold, then
+  warm compilation cache): wall seconds and start-up (wall less each stage's iterations).
 - time to quality (``--ttq SECONDS``): 512 px, ``-m 500``, each --schedule, on
   each of ``--textures``: wall seconds until the full-size loss first falls below
   1e-4, 1e-5 and 3e-6 of the starting loss, and the loss when the run ends (its
