@@ -282,25 +282,28 @@ def compile(fn: Callable) -> Callable:  # noqa: A001 - the backend's word for it
 
 
 def _as_tensors(value):
-    """Numbers and numpy arrays as float32 backend tensors (tuples element by element)."""
+    """Numbers and numpy arrays as backend tensors, tuples element by element: integer numpy
+    arrays as int32 (indices), everything else as float32."""
     if isinstance(value, (tuple, list)):
         return type(value)(_as_tensors(v) for v in value)
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
+        return to_device(value, "int32")
     if isinstance(value, (int, float, np.ndarray, np.generic)):
         return to_device(value)
     return value
 
 
-def to_device(x) -> object:
-    """A float32 backend tensor on the run's device (numpy arrays and numbers). Under JAX a plain
-    copy (``device_put``): ``jnp.asarray`` compiles a small program for every new shape."""
-    x = np.asarray(x, np.float32)
+def to_device(x, dtype: str = "float32") -> object:
+    """A backend tensor of ``dtype`` on the run's device (numpy arrays and numbers). Under JAX a
+    plain copy (``device_put``): ``jnp.asarray`` compiles a small program for every new shape."""
+    x = np.asarray(x, dtype)
     if backend_name() == "jax":
         import jax
 
         return jax.device_put(x)
     from keras import ops
 
-    return ops.convert_to_tensor(x, dtype="float32")
+    return ops.convert_to_tensor(x, dtype=dtype)
 
 
 def to_numpy(x) -> np.ndarray:

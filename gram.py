@@ -15,13 +15,18 @@ from pyramid import gaussian_pyramid
 JOIN_MODES = ("average", "max")
 
 
-def gram_matrix(features):
-    """Gram matrix of feature maps: (N, h, w, c) -> (N, c, c), ``F^T F / (h * w) / c``."""
+def gram_matrix(features, positions: int | None = None):
+    """Gram matrix of feature maps: (N, h, w, c) -> (N, c, c), ``F^T F / positions / c``.
+
+    ``positions``: the pixel count the sum is normalised by, h * w (the whole
+    map) unless given: a tile's share of a larger map's Gram matrix passes the
+    map's, so that the shares of all tiles add up to the map's Gram matrix.
+    """
     from keras import ops
 
     _, h, w, c = features.shape
     flat = ops.reshape(features, (-1, h * w, c))
-    return ops.matmul(ops.transpose(flat, (0, 2, 1)), flat) / float(h * w * c)
+    return ops.matmul(ops.transpose(flat, (0, 2, 1)), flat) / float((positions or h * w) * c)
 
 
 def multiscale_features(images, extractor: Callable, octaves: int, padding: str) -> list:
@@ -55,12 +60,18 @@ def source_targets(
     joined per matrix by ``join_mode`` (``average``: elementwise mean, ``max``:
     elementwise maximum), then multiplied by ``mul``. Returns (c, c) float32 arrays.
     """
-    if join_mode not in JOIN_MODES:
-        raise ValueError(f"unknown join mode {join_mode!r}")
     import autodiff
 
     grams_of = autodiff.compile(lambda image: multiscale_grams(image, extractor, octaves, padding))  # per shape
     per_source = [[autodiff.to_numpy(g)[0] for g in grams_of(autodiff.to_device(image[None]))] for image in sources]
+    return join_grams(per_source, join_mode, mul)
+
+
+def join_grams(per_source: Sequence[Sequence[np.ndarray]], join_mode: str, mul: float = 1.0) -> list[np.ndarray]:
+    """Targets from each source's (c, c) Gram matrices (one list per source, level-major): joined
+    per matrix by ``join_mode``, times ``mul``; float32."""
+    if join_mode not in JOIN_MODES:
+        raise ValueError(f"unknown join mode {join_mode!r}")
     join = np.mean if join_mode == "average" else np.max
     return [(join(np.stack(grams), axis=0) * mul).astype(np.float32) for grams in zip(*per_source, strict=True)]
 

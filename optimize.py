@@ -140,6 +140,28 @@ def direction_program(low, high) -> Callable:
 TRIAL_STATS = ("loss", "promise", "slope", "sy", "yy", "moved_from_reference", "finite")
 
 
+def project_program(low, high) -> Callable:
+    """(start_x, direction, step) -> the trial point ``start_x + step direction`` projected into [low, high]."""
+    from keras import ops
+
+    def project(start_x, direction, step):
+        return ops.minimum(ops.maximum(start_x + step * direction, low), high)
+
+    return project
+
+
+def trial_stats(x, loss, grad, aux, start_x, start_grad, scale, reference) -> tuple:
+    """(scaled grad, s, y, stats) of a trial point x with its loss, gradient and aux (see ``trial_program``)."""
+    from keras import ops
+
+    loss, grad = loss * scale, grad * scale
+    s, y = x - start_x, grad - start_grad
+    finite = ops.logical_and(ops.isfinite(loss), ops.all(ops.isfinite(grad)))
+    stats = ops.stack([ops.cast(loss, "float32"), _dot(start_grad, s), _dot(grad, s), _dot(s, y), _dot(y, y),
+                       ops.max(ops.abs(x - reference)), ops.cast(finite, "float32")])
+    return grad, s, y, ops.concatenate([stats, ops.cast(ops.reshape(aux, (-1,)), "float32")])
+
+
 def trial_program(value_and_grad: Callable, low, high) -> Callable:
     """(start_x, start_grad, direction, step, scale, reference) -> (x, grad, s, y, stats).
 
@@ -151,17 +173,27 @@ def trial_program(value_and_grad: Callable, low, high) -> Callable:
     small vector, the only thing the host reads. All on the device, in one
     program with the loss.
     """
-    from keras import ops
+    project = project_program(low, high)
 
     def trial(start_x, start_grad, direction, step, scale, reference):
-        x = ops.minimum(ops.maximum(start_x + step * direction, low), high)
+        x = project(start_x, direction, step)
         loss, grad, aux = value_and_grad(x)
-        loss, grad = loss * scale, grad * scale
-        s, y = x - start_x, grad - start_grad
-        finite = ops.logical_and(ops.isfinite(loss), ops.all(ops.isfinite(grad)))
-        stats = ops.stack([ops.cast(loss, "float32"), _dot(start_grad, s), _dot(grad, s), _dot(s, y), _dot(y, y),
-                           ops.max(ops.abs(x - reference)), ops.cast(finite, "float32")])
-        return x, grad, s, y, ops.concatenate([stats, ops.cast(ops.reshape(aux, (-1,)), "float32")])
+        return (x, *trial_stats(x, loss, grad, aux, start_x, start_grad, scale, reference))
+
+    return trial
+
+
+def host_trial(evaluate: Callable, low, high) -> Callable:
+    """``trial_program``'s function for a loss evaluated by the host (``evaluate``: x tensor -> (loss,
+    grad tensor, aux), e.g. ``tiles.TiledLoss``): the projection and the statistics are compiled, the
+    evaluation between them is not."""
+    project, stats = autodiff.compile(project_program(low, high)), autodiff.compile(trial_stats)
+
+    def trial(start_x, start_grad, direction, step, scale, reference):
+        x = project(start_x, direction, step)
+        loss, grad, aux = evaluate(x)
+        return (x, *stats(x, np.float32(loss), grad, np.asarray(aux, np.float32), start_x, start_grad, scale,
+                          reference))
 
     return trial
 
@@ -244,20 +276,26 @@ def line_search(try_step: Callable[[float, Point | None], Trial], start: Point, 
 class Minimiser:
     """Projected L-BFGS for one loss on one tensor shape, its programs compiled once.
 
-    ``loss_fn``: keras.ops, x (``shape``, float32) -> (loss, aux). ``bounds``:
-    (low, high) broadcastable to ``shape`` (e.g. (3,) per colour channel), or
-    None. ``evaluate`` is the loss at one point, ``run`` the optimisation.
+    ``loss_fn``: keras.ops, x (``shape``, float32) -> (loss, aux), compiled
+    with its gradient into the trial program; or, for a loss the host drives
+    (``tiles.TiledLoss``), ``evaluate``: x tensor -> (loss, grad tensor, aux).
+    ``bounds``: (low, high) broadcastable to ``shape`` (e.g. (3,) per colour
+    channel), or None. ``memory``: correction pairs kept. ``evaluate`` is the
+    loss at one point, ``run`` the optimisation.
     """
 
-    def __init__(self, loss_fn: LossFn, shape: tuple[int, ...], bounds=None, memory: int = MEMORY):
+    def __init__(self, loss_fn: LossFn | None, shape: tuple[int, ...], bounds=None, memory: int = MEMORY,
+                 evaluate: Callable | None = None):
         self.shape = tuple(shape)
-        self.loss_fn = loss_fn
-        self.memory = memory
+        self.loss_fn, self.memory = loss_fn, memory
         if bounds is None:
             bounds = (-np.inf, np.inf)
         self.low, self.high = (np.asarray(b, np.float32) for b in bounds)
         low, high = autodiff.to_device(self.low), autodiff.to_device(self.high)
-        self._trial = autodiff.compile(trial_program(autodiff.value_and_grad(loss_fn), low, high))
+        if evaluate is not None:
+            self._trial = host_trial(evaluate, low, high)
+        else:
+            self._trial = autodiff.compile(trial_program(autodiff.value_and_grad(loss_fn), low, high))
         self._direction = autodiff.compile(direction_program(low, high))
         self._scale = autodiff.compile(lambda grad, scale: grad * scale)
         self._zeros = None

@@ -152,6 +152,10 @@ def make_parser() -> argparse.ArgumentParser:
                       "tensorflow is the fastest on a CPU, jax on a GPU; see the README's Backends section")
     misc.add_argument("--quiet", "-q", action="store_true",
                       help="Print only errors and the final summary line")
+    misc.add_argument("--max-memory", default=None, metavar="SIZE",
+                      help="Memory the run may use, e.g. 4G or 512M (default: what the machine, or the GPU, "
+                      "has free). When the whole image's activations do not fit, the loss and its gradient are "
+                      "computed in tiles of each pyramid level that fit: same result, about 1.3x the time")
     misc.add_argument("--force", action="store_true",
                       help="Run even when the estimated memory need exceeds the available memory")
     misc.add_argument("--debug", action="store_true", help="Show a traceback on errors")
@@ -240,6 +244,14 @@ def validate(args: argparse.Namespace) -> None:
         _require(all(math.isfinite(w) and w >= 0 for w in weights),
                  f"{flag} {_join(weights)}: weights must be finite and not negative")
         _require(any(w > 0 for w in weights), f"{flag} {_join(weights)}: at least one weight must be positive")
+    if args.max_memory is not None:
+        from memory import parse_size
+
+        try:
+            args.max_memory_bytes = parse_size(args.max_memory)
+        except ValueError as err:
+            raise UsageError(f"--max-memory {args.max_memory}: {err}") from None
+        _require(args.max_memory_bytes >= 2**20, f"--max-memory {args.max_memory}: must be at least 1M")
     _require(args.max_iter > args.start_iteration,
              f"--max-iter {args.max_iter}: the resumed run already did {args.start_iteration} iterations; "
              "give a larger --max-iter")
@@ -403,34 +415,36 @@ def check_tile_size(height: int, width: int, network: str, deepest: str, octaves
 # ----------------------------------------------------------------------------
 # Memory
 
-# Calibrated on this project's machine (TensorFlow 2.21, CPU): peak RSS 1.30 GiB at 512x512 and
-# 2.93 GiB at 1024x1024 (4 octaves, layers 2 7); this estimate gives 1.5 and 3.4 GiB.
-BYTES_PER_ACTIVATION = 2 * 4  # a float32 activation kept for the backward pass, and its gradient
-BASE_MEMORY = 0.9 * 2**30  # TensorFlow, the weights and the rest of the process, in bytes
-
-
-def estimated_memory(network: str, layers, octaves: int, padding: str, height: int, width: int,
-                     count: int) -> float:
-    """Bytes one loss-and-gradient evaluation needs: activations of every level and frame."""
-    from pyramid import level_sizes
-    from vgg16 import activation_floats, layer_names
-
-    deepest = max(layers, key=layer_names(network).index)
-    floats = sum(activation_floats(network, deepest, h, w, padding)
-                 for h, w in level_sizes(height, width, octaves, padding))
-    return BASE_MEMORY + count * floats * BYTES_PER_ACTIVATION
-
-
-def check_memory(need: float, force: bool) -> None:
-    """Refuse (UsageError) when ``need`` bytes exceed what the run's device has free."""
+def memory_budget(args: argparse.Namespace) -> tuple[float | None, str]:
+    """(bytes the run may use, what they are): the device's free memory, or --max-memory if lower."""
     import autodiff
 
     available, what = autodiff.available_memory()
-    if available is not None and need > available and not force:
-        raise UsageError(
-            f"the output size needs about {need / 2**30:.1f} GiB of {what} but {available / 2**30:.1f} GiB "
-            "is available; lower --output-width/--output-height, --octaves or --count, or pass --force"
-        )
+    cap = getattr(args, "max_memory_bytes", None)
+    if cap is not None and (available is None or cap < available):
+        return cap, f"memory (--max-memory {args.max_memory})"
+    return available, what
+
+
+def memory_text(budget: float | None, what: str) -> str:
+    """'4.0 GiB of memory (--max-memory 4G)', for messages."""
+    from memory import gib
+
+    return f"{gib(budget)} of {what}" if budget is not None else what
+
+
+def plan_memory(network: str, layers, padding: str, sizes, count: int, budget: float | None, what: str,
+                force: bool, optimised: bool = True):
+    """``memory.plan`` for a canvas whose levels have ``sizes``; with ``force`` a refusal becomes
+    the whole image in one program (the estimate may be wrong; the user says so)."""
+    from memory import MEMORY_PAIRS, Plan, plan
+
+    try:
+        return plan(network, layers, padding, sizes, count, budget, what, optimised)
+    except UsageError as err:
+        if not force:
+            raise UsageError(f"{err}, or pass --force") from None
+        return Plan(None, MEMORY_PAIRS, math.nan)
 
 
 # ----------------------------------------------------------------------------
@@ -516,6 +530,19 @@ class Problem:
     padding: str  # the synthesised image's padding mode (circular with --tile): the pyramid's geometry
     x0_is_image: bool  # x0 is an image (--init-image, --resume), not noise
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
+    plan: Callable | None = None  # first level -> memory.Plan of that stage: whole or in tiles
+    tile_progress: TileProgress | None = None  # told how far a tiled evaluation has got
+    budget: tuple = (None, "memory")  # (bytes the run may use, what they are)
+
+
+class TileProgress:
+    """Passes a tiled evaluation's progress (the fraction of its tiles done) to whoever listens."""
+
+    def __init__(self):
+        self.listener: Callable[[float], None] = lambda fraction: None
+
+    def __call__(self, fraction: float) -> None:
+        self.listener(fraction)
 
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
@@ -524,7 +551,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
 
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
-    from gram import loss_per_level, multiscale_features, multiscale_grams, source_targets, term_weights
+    from gram import join_grams, loss_per_level, multiscale_features, multiscale_grams, term_weights
+    from tiles import TiledLoss, tile_level
     from optimize import Minimiser
     from pyramid import level_sizes
     from images import load_rgb, resize
@@ -560,8 +588,22 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
                    args.padding_mode,
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
-    check_memory(estimated_memory(network, layers, args.octaves, padding, canvas_height,
-                                  canvas_width, args.count), args.force)
+    sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
+    budget, budget_of = memory_budget(args)
+
+    @functools.lru_cache(maxsize=None)
+    def plan_of(first: int):
+        """How the stage of pyramid level ``first`` is evaluated (memory.Plan): whole or in tiles."""
+        return plan_memory(network, layers, padding, sizes[first:], args.count, budget, budget_of, args.force)
+
+    full = plan_of(0)  # refuses an output that cannot fit even in tiles, before anything is written
+    if full.tiled:
+        log(f"the full-size image's activations do not fit in {memory_text(budget, budget_of)}: "
+            f"computing the loss in tiles of {_join(t for t in full.tiles if t)} px "
+            f"({full.pairs} L-BFGS correction pairs)")
+    source_plans = [plan_memory(network, layers, args.padding_mode,
+                                level_sizes(rgb.shape[0], rgb.shape[1], args.octaves, args.padding_mode), 1,
+                                budget, budget_of, args.force, optimised=False) for _, rgb in sources]
 
     init_rgb = load_rgb(Path(args.init_image), flag="--init-image") if args.init_image else None
 
@@ -575,8 +617,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
 
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
-    targets = source_targets(caffe_sources, extractor, args.octaves, args.padding_mode, args.join_mode, args.mul)
-    targets = [autodiff.to_device(t) for t in targets]  # uploaded once, constants of every stage's program
+    per_source = [source_grams(image, extractor, network, layers, args.padding_mode, args.octaves, p)
+                  for image, p in zip(caffe_sources, source_plans, strict=True)]
+    host_targets = join_grams(per_source, args.join_mode, args.mul)
+    targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
@@ -590,12 +634,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
         for warning in unreachable_targets(target, unrelated, args.count, args.if_order):
             log(f"warning: {warning}")
 
-    sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
+    tile_progress = TileProgress()
 
     @functools.lru_cache(maxsize=None)
     def stage(first: int) -> Minimiser:
         """The optimiser of a canvas the size of pyramid level ``first``: the same multi-scale loss,
-        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled once.
+        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled once;
+        computed tile by tile where ``plan_of(first)`` says.
 
         Its loss function reports the (octaves,) style loss per octave, NaN for absent levels.
         """
@@ -603,6 +648,18 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
 
         levels = args.octaves - first
         stage_targets, stage_weights = targets[first * len(layers):], weights[first * len(layers):]
+        plan = plan_of(first)
+        if plan.tiled:
+            inter = None
+            if animated and first == 0:
+                inter = lambda x: args.if_weight * interframe_loss(  # noqa: E731
+                    x, interframe["target_distance"], args.if_order)
+            tilings = [None if tile is None else tile_level(h, w, tile, network, layers, padding)
+                       for (h, w), tile in zip(sizes[first:], plan.tiles, strict=True)]
+            evaluate = TiledLoss(extractor, network, layers, padding, levels, tilings,
+                                 host_targets[first * len(layers):], stage_weights, args.count, inter, absent=first)
+            evaluate.on_progress = tile_progress
+            return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
             grams = multiscale_grams(x, extractor, levels, padding)
@@ -613,7 +670,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
                 per_level = ops.concatenate([ops.full((first,), float("nan")), per_level])
             return total, per_level
 
-        return Minimiser(loss_fn, (args.count, *sizes[first], 3), pixel_bounds())
+        return Minimiser(loss_fn, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs)
 
     if init_rgb is not None:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
@@ -623,7 +680,24 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
-                   x0, margin, seed, padding, init_rgb is not None, interframe)
+                   x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
+                   (budget, budget_of))
+
+
+def source_grams(image, extractor, network: str, layers, padding: str, octaves: int, plan) -> list:
+    """The (c, c) Gram matrices of every (level, layer) of one caffe-space source (H, W, 3), whole or
+    tile by tile as ``plan`` (memory.Plan) says."""
+    import autodiff
+    from gram import source_targets
+    from pyramid import level_sizes
+    from tiles import TiledLoss, tile_level
+
+    if not plan.tiled:
+        return source_targets([image], extractor, octaves, padding, "average")
+    tilings = [None if tile is None else tile_level(h, w, tile, network, layers, padding)
+               for (h, w), tile in zip(level_sizes(*image.shape[:2], octaves, padding), plan.tiles, strict=True)]
+    tiled = TiledLoss(extractor, network, layers, padding, octaves, tilings, None, None, 1)
+    return [g[0] for g in tiled.grams(autodiff.to_device(image[None]))]
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
@@ -661,6 +735,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         return frames
 
     save_frames(lambda f: frame_file("Aseed", f), problem.x0)
+    problem.tile_progress.listener = reporter.partial
     progress = Progress(start_iteration=args.start_iteration)
     record = {
         "status": "running", "network": problem.network, "weights": problem.weights_source,
@@ -728,6 +803,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         record["interframe"] = {**problem.interframe,
                                 "distances": measured_distances(final.astype("float32"), args.if_order)}
     record["stages"] = progress.stages
+    budget, what = problem.budget
+    record["memory"] = {"budget_bytes": budget, "budget_of": what, "plans": [
+        {"level": level, "tiles": None if p.tiles is None else list(p.tiles), "pairs": p.pairs,
+         "estimated_bytes": None if math.isnan(p.need) else round(p.need)}
+        for level in sorted({0, *(stage["level"] for stage in progress.stages)}) for p in [problem.plan(level)]]}
     if args.tile:
         for frame, image in enumerate(final):
             save_png(run_dir / tiled_preview_file(frame, args.count), repeat_2x2(image))

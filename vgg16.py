@@ -125,6 +125,33 @@ def layer_sizes(network: str, deepest: str, height: int, width: int, padding: st
     raise ValueError(f"unknown layer {deepest!r}")
 
 
+def receptive_fields(network: str, deepest: str, padding: str) -> list[tuple[int, int, int]]:
+    """Where in the input each layer's pixels look, for every layer up to ``deepest``.
+
+    Returns one (stride, first, last) per layer: pixel j of the layer (along
+    either axis) is computed from input pixels ``stride * j + first`` ..
+    ``stride * j + last`` (inclusive) and nothing else, padding aside (valid
+    convs are anchored at their window's first pixel: first = 0). A tile of the
+    input whose window holds that range computes pixel j exactly as the whole
+    image does.
+    """
+    stride, first, last = 1, 0, 0
+    fields = []
+    for name in layer_names(network):
+        if "_conv" in name:  # 3x3: the previous layer's j-1..j+1 (valid: j..j+2)
+            if shrinks(padding):
+                last += 2 * stride
+            else:
+                first, last = first - stride, last + stride
+        else:  # 2x2 stride-2 pool: the previous layer's 2j, 2j+1
+            last += stride
+            stride *= 2
+        fields.append((stride, first, last))
+        if name == deepest:
+            return fields
+    raise ValueError(f"unknown layer {deepest!r}")
+
+
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)  # channels of every layer in VGG's blocks 1-5
 
 

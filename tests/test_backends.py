@@ -99,6 +99,21 @@ def test_interruption_saves_the_image(backend, tmp_path):
     assert (out / "final_F0000.png").is_file() and "Traceback" not in err
 
 
+def test_tiled_run_takes_the_same_steps(backend, tmp_path):
+    # --max-memory too small for the whole image: the loss in tiles (one window shape with valid
+    # padding), on every backend the same losses as the whole image's
+    import memory
+
+    argv = ["-s", str(EXAMPLE), "-sw", "160", "-ow", "96", "-o", "2", "-m", "3", "-q", "--network", "vgg19",
+            "--random-seed", "4", "--schedule", "plain"]
+    for name, extra in (("whole", []), ("tiled", ["--max-memory", f"{memory.BASE_MEMORY / 2**20 + 12:.0f}M"])):
+        done = cli(backend, *argv, *extra, "--output-dir", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+    whole, tiled = record(tmp_path / "whole"), record(tmp_path / "tiled")
+    assert tiled["memory"]["plans"][0]["tiles"][0] < 112 and whole["memory"]["plans"][0]["tiles"] is None
+    np.testing.assert_allclose(tiled["loss_history"], whole["loss_history"], rtol=1e-4)
+
+
 @pytest.mark.skipif("jax" not in installed_backends(), reason="JAX is not installed")
 def test_jax_compiles_once_per_shape_not_per_iteration(tmp_path, monkeypatch):
     # each stage compiles its trial, direction and gradient-scaling programs once, the targets one

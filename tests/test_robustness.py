@@ -173,24 +173,28 @@ def test_usage_error_as_subprocess_has_no_traceback(tmp_path):
     assert done.stdout == "" and not (tmp_path / "outputs").exists()
 
 
-def test_memory_estimate_refuses_and_force_overrides(monkeypatch, tmp_path, capsys):
-    need = synthesize.estimated_memory("vgg19", ["block1_pool", "block3_conv2"], 4, "valid", 8000, 8000, 1)
-    assert need > 100 * 2**30  # an 8000 px square needs far more than this machine has
-    small = synthesize.estimated_memory("vgg19", ["block1_pool", "block3_conv2"], 4, "valid", 512, 512, 1)
-    assert 1.0 * 2**30 < small < 2.5 * 2**30  # measured peak: 1.3 GiB
+def test_memory_plan_refuses_and_force_overrides(monkeypatch, tmp_path, capsys):
+    from pyramid import level_sizes
+
+    layers, sizes = ["block1_pool", "block3_conv2"], level_sizes(8016, 8016, 4, "valid")
     monkeypatch.setattr(autodiff, "machine_memory", lambda: 2.0 * 2**30)
-    with pytest.raises(UsageError, match=r"needs about .* GiB .* 2\.0 GiB is available.*--force"):
-        synthesize.check_memory(need, force=False)
-    synthesize.check_memory(need, force=True)  # no error
+    budget, what = synthesize.memory_budget(synthesize.parse_args(["-s", "x.png"]))
+    assert budget == 2.0 * 2**30 and what == "memory"
+    # an 8000 px square: even its image-sized arrays (the optimiser's) exceed 2 GiB, tiles or not
+    with pytest.raises(UsageError, match=r"needs at least .* GiB of memory .* 2\.00 GiB is available.*--force"):
+        synthesize.plan_memory("vgg19", layers, "valid", sizes, 1, budget, what, force=False)
+    assert synthesize.plan_memory("vgg19", layers, "valid", sizes, 1, budget, what, force=True).tiles is None
     status, err = run_cli(capsys, ["-s", str(EXAMPLE), "-ow", "8000", "--network", "vgg19",
                                    "--output-dir", str(tmp_path / "o")])
     assert status == 2 and "--force" in err[-1] and not (tmp_path / "o").exists()
 
 
-def test_on_a_gpu_the_estimate_is_checked_against_its_memory(monkeypatch):
+def test_on_a_gpu_the_plan_uses_its_memory(monkeypatch):
     monkeypatch.setattr(autodiff, "accelerator_memory", lambda: 1.0 * 2**30)
-    with pytest.raises(UsageError, match=r"GiB of GPU memory but 1\.0 GiB is available"):
-        synthesize.check_memory(3.0 * 2**30, force=False)
+    args = synthesize.parse_args(["-s", "x.png"])
+    assert synthesize.memory_budget(args) == (1.0 * 2**30, "GPU memory")
+    args = synthesize.parse_args(["-s", "x.png", "--max-memory", "512M"])
+    assert synthesize.memory_budget(args) == (0.5 * 2**30, "memory (--max-memory 512M)")
 
 
 @pytest.mark.parametrize("where", ["run", "evaluate"])  # in the full-size stage; at the starting loss
