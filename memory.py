@@ -21,7 +21,8 @@ from errors import UsageError
 BYTES_PER_ACTIVATION = 2 * 4  # a float32 activation kept for the backward pass, and its gradient
 BASE_MEMORY = 0.9 * 2**30  # TensorFlow, the weights and the rest of the process, in bytes
 IMAGE_VECTORS = 8  # image-sized float32 arrays of an L-BFGS step besides the correction pairs
-TILED_VECTORS = 8  # more when tiled: extended levels, the levels' gradients (host and device), the adjoint's
+MEASURED_VECTORS = 2  # without an optimiser (an evaluation, a source): the image, on the host and the device
+TILED_VECTORS = 4  # more when tiled: the extended levels (4/3), a level's gradient on the host, the backward pass
 MEMORY_PAIRS = 10  # correction pairs L-BFGS keeps when they fit (optimize.MEMORY)
 FEWEST_PAIRS = 3  # kept at least, however large the image
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -63,9 +64,7 @@ def _activations(network: str, deepest: str, height: int, width: int, padding: s
 def _fixed(image_floats: float, pairs: int | None, tiled: bool) -> float:
     """Bytes besides the activations: the process, and image-sized arrays (``pairs`` None: no
     optimiser, only the image and its pyramid: a source's targets)."""
-    if pairs is None:
-        return BASE_MEMORY + image_floats * 4 * 3
-    vectors = IMAGE_VECTORS + 2 * pairs + (TILED_VECTORS if tiled else 0)
+    vectors = (MEASURED_VECTORS if pairs is None else IMAGE_VECTORS + 2 * pairs) + (TILED_VECTORS if tiled else 0)
     return BASE_MEMORY + image_floats * 4 * vectors
 
 

@@ -292,6 +292,7 @@ class Minimiser:
             bounds = (-np.inf, np.inf)
         self.low, self.high = (np.asarray(b, np.float32) for b in bounds)
         low, high = autodiff.to_device(self.low), autodiff.to_device(self.high)
+        self._evaluate = evaluate
         if evaluate is not None:
             self._trial = host_trial(evaluate, low, high)
         else:
@@ -321,6 +322,9 @@ class Minimiser:
         """Loss, gradient (numpy, ``shape``) and aux at ``x`` (numpy, clipped into the bounds, or a
         backend tensor)."""
         x = self.to_device(x) if isinstance(x, np.ndarray) else x
+        if self._evaluate is not None:  # directly: no trial step's image-sized arrays beside it
+            loss, grad, aux = self._evaluate(x)
+            return loss, autodiff.to_numpy(grad), np.asarray(aux)
         zero = self._zero()
         point = self._try(Point(x, 0.0, zero, None), zero, 0.0, 1.0, x).point
         return point.loss, autodiff.to_numpy(point.grad), point.aux

@@ -545,8 +545,11 @@ class TileProgress:
         self.listener(fraction)
 
 
-def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
-    """Load sources and weights, check sizes and memory, compute targets, compile the loss."""
+def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: bool = True) -> Problem:
+    """Load sources and weights, check sizes and memory, compute targets, compile the loss.
+
+    ``optimised`` False: only evaluations of the loss will be asked for (the benchmark), so the
+    memory plan leaves out the optimiser's image-sized arrays."""
     import numpy as np
 
     import autodiff
@@ -594,13 +597,14 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]) -> Problem:
     @functools.lru_cache(maxsize=None)
     def plan_of(first: int):
         """How the stage of pyramid level ``first`` is evaluated (memory.Plan): whole or in tiles."""
-        return plan_memory(network, layers, padding, sizes[first:], args.count, budget, budget_of, args.force)
+        return plan_memory(network, layers, padding, sizes[first:], args.count, budget, budget_of, args.force,
+                           optimised)
 
     full = plan_of(0)  # refuses an output that cannot fit even in tiles, before anything is written
     if full.tiled:
+        pairs = f" ({full.pairs} L-BFGS correction pairs)" if optimised else ""
         log(f"the full-size image's activations do not fit in {memory_text(budget, budget_of)}: "
-            f"computing the loss in tiles of {_join(t for t in full.tiles if t)} px "
-            f"({full.pairs} L-BFGS correction pairs)")
+            f"computing the loss in tiles of {_join(t for t in full.tiles if t)} px{pairs}")
     source_plans = [plan_memory(network, layers, args.padding_mode,
                                 level_sizes(rgb.shape[0], rgb.shape[1], args.octaves, args.padding_mode), 1,
                                 budget, budget_of, args.force, optimised=False) for _, rgb in sources]

@@ -12,8 +12,8 @@ computed changes:
 3. with the Gram matrices complete, dL/dG = 2 w (G - T) is fixed; pass 2 runs
    each window forward and backward on <dL/dG, its share> and adds the
    window's input gradient into the level's gradient;
-4. the pyramid's adjoint (autodiff of step 1) carries the levels' gradients
-   back to the image.
+4. the pyramid's adjoint carries the levels' gradients back to the image,
+   one level at a time (autodiff of each reduction, which is linear).
 
 A level that fits in memory as a whole is done as a whole, in one forward and
 backward pass. Exact at the borders in every padding mode: windows start at
@@ -160,6 +160,39 @@ def extend(level, tiling: Tiling | None, padding: str):
     return ops.take(ops.take(level, rows.astype(np.int32), axis=1), cols.astype(np.int32), axis=2)
 
 
+def _runs(start: int, length: int, n: int, wrap: bool) -> list[tuple[int, int, int]]:
+    """Where the extended-axis pixels start .. start+length-1 (the extension's first pixel is -``start``
+    of the level when ``start`` counts from the extension) land in a level of n pixels: (offset in
+    the window, pixel of the level, count) runs; wrapped around (circular) or dropped (valid: the
+    zeros added there are not pixels of the image)."""
+    runs, offset = [], 0
+    while offset < length:
+        pixel = start + offset
+        if 0 <= pixel < n or wrap:
+            pixel %= n
+            count = min(length - offset, n - pixel)
+            runs.append((offset, pixel, count))
+        else:  # outside the level, not wrapped: skip to where it enters, or stop
+            count = -pixel if pixel < 0 else length - offset
+        offset += count
+    return runs
+
+
+def add_window(gradient: np.ndarray, window_gradient: np.ndarray, frame: int, window: Window, tiling: Tiling,
+               padding: str) -> None:
+    """Add a window's input gradient (h, w, C) into the level's gradient (N, H, W, C), in place,
+    through the extension: wrapped around (circular) or dropped where the extension added zeros."""
+    (top, _), (left, _) = tiling.extend
+    wrap = padding == "circular"
+    height, width = tiling.size
+    rows = _runs(window.start[0] - top, window.size[0], height, wrap)
+    cols = _runs(window.start[1] - left, window.size[1], width, wrap)
+    for r_offset, row, r_count in rows:
+        for c_offset, col, c_count in cols:
+            gradient[frame, row:row + r_count, col:col + c_count] += \
+                window_gradient[r_offset:r_offset + r_count, c_offset:c_offset + c_count]
+
+
 def owned_only(features, owned):
     """``features`` (1, h, w, c) with every pixel outside rows owned[0]:owned[1] and columns
     owned[2]:owned[3] (an int tensor (4,)) set to zero."""
@@ -270,20 +303,34 @@ class TiledLoss:
 
         return self._program(("whole", level), lambda: whole)
 
-    def _adjoint(self):
-        """(x, cotangents per level) -> (inter-frame loss (1,), dL/dx)."""
+    def _backward(self, level: int, shape: tuple[int, ...]):
+        """(z, gradient, coarser) -> (inter-frame loss (1,), dL/dz): the whole gradient of a level's
+        image z, its own terms' ``gradient`` plus what ``coarser`` (the next level's gradient; not
+        given at the coarsest) sends back through the pyramid's reduction. The reduction is linear,
+        so z only gives the shape (zeros, made on the device), except at level 0, where z is the
+        image itself and the inter-frame loss adds its gradient. One level at a time: never more
+        than two levels' images alive, not the whole pyramid's."""
         from keras import ops
 
-        def adjoint(x, cotangents):
-            def pulled_back(x_):
-                total = sum(ops.sum(z * c) for z, c in zip(self._levels(x_), cotangents, strict=True))
-                inter = self.interframe(x_) if self.interframe is not None else ops.zeros(())
+        from pyramid import reduce
+
+        inter_here = self.interframe is not None and level == 0
+
+        def backward(z, gradient, coarser=None):
+            if coarser is None and not inter_here:  # the coarsest level: its own terms alone
+                return ops.zeros((1,)), gradient
+
+            def pulled_back(z_):
+                total = ops.zeros(()) if coarser is None else ops.sum(reduce(z_, self.padding) * coarser)
+                inter = self.interframe(z_) if inter_here else ops.zeros(())
                 return total + inter, ops.reshape(inter, (1,))
 
-            _, grad, inter = autodiff.value_and_grad(pulled_back)(x)
-            return inter, grad
+            _, grad, inter = autodiff.value_and_grad(pulled_back)(z)
+            return inter, grad + gradient
 
-        return self._program(("adjoint",), lambda: adjoint)
+        if level == 0:
+            return self._program(("backward", level), lambda: backward)
+        return self._program(("backward", level), lambda: lambda *rest: backward(ops.zeros(shape, "float32"), *rest))
 
     # -- the passes
 
@@ -325,14 +372,17 @@ class TiledLoss:
     def __call__(self, x) -> tuple[float, object, np.ndarray]:
         """(loss, dL/dx (a backend tensor, x's shape), per-level loss (absent + octaves,)) at x,
         a backend tensor (count, H, W, 3)."""
+        from pyramid import level_sizes
+
         levels = self._program(("levels",), lambda: self._levels)(x)
+        sizes = level_sizes(x.shape[1], x.shape[2], self.octaves, self.padding)
         total_work, done = max(self._work(), 1), [0]
 
         def progress(units: int) -> None:
             done[0] += units
             self.on_progress(done[0] / total_work)
 
-        per_level, cotangents = [], []
+        per_level, cotangents = [], []  # a level's cotangent: a device tensor (whole) or numpy (tiled)
         for level, (z, plan) in enumerate(zip(levels, self.plans, strict=True)):
             chunk = slice(level * self.layers, (level + 1) * self.layers)
             weights = self.weights[chunk]
@@ -345,19 +395,29 @@ class TiledLoss:
             grams = self._grams(level, z, progress)
             differences = [g - t for g, t in zip(grams, self.targets[chunk], strict=True)]
             per_level.append(sum(w * float(np.sum(d * d)) for w, d in zip(weights, differences, strict=True)))
-            gradient = np.zeros(tuple(z.shape), np.float32)
+            gradient = np.zeros((self.count, *sizes[level], 3), np.float32)  # the level's, not extended
             for frame in range(self.count):
                 slopes = tuple((2 * w * d[frame]).astype(np.float32) for w, d in zip(weights, differences))
                 for window in plan.windows:
                     start = np.array([frame, *window.start, 0], np.int32)
                     g = self._share_gradient(level, window)(z, start, np.array(window.owned, np.int32), slopes)
-                    (r, c), (h, w) = window.start, window.size
-                    gradient[frame, r:r + h, c:c + w] += autodiff.to_numpy(g)[0]
+                    add_window(gradient, autodiff.to_numpy(g)[0], frame, window, plan, self.padding)
                     progress(2)
-            cotangents.append(autodiff.to_device(gradient))
+            cotangents.append(gradient)
             del gradient
-        del levels
-        inter, grad = self._adjoint()(x, tuple(cotangents))
+        del levels, z
+        grad = None  # dL/d(level's image), from the coarsest level down to the image
+        for level in range(self.octaves - 1, -1, -1):
+            cotangent = cotangents[level]
+            if isinstance(cotangent, np.ndarray):
+                cotangents[level] = None  # the host copy goes once the device has it
+                cotangent = autodiff.to_device(cotangent)
+            coarser = [] if grad is None else [grad]
+            if level == 0:
+                inter, grad = self._backward(0, x.shape)(x, cotangent, *coarser)
+            else:
+                _, grad = self._backward(level, (self.count, *sizes[level], 3))(cotangent, *coarser)
+            del cotangent
         loss = sum(per_level) + float(autodiff.to_numpy(inter)[0])
         aux = np.array([math.nan] * self.absent + per_level, np.float32)
         return loss, grad, aux

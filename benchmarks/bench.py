@@ -203,16 +203,44 @@ def whole_run(size: int, network: str, extra: list[str]) -> dict:
         command = [sys.executable, str(REPO / "synthesize.py"), "-s", str(EXAMPLE), "-ow", str(size),
                    "--network", network, "--random-seed", "0", "-q", "--output-dir", out, *extra]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stderr = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
         wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"whole run failed:\n{done.stderr[-3000:]}")
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"whole run failed:\n{stderr[-3000:]}")
         record = json.loads(next(Path(out).glob("*/run.json")).read_text())
     iterating = sum(stage["iterations"] * stage["iteration_seconds"] for stage in record["stages"])
     full_size = record["stages"][-1]
     return {"size": size, "extra": extra, "wall_s": wall, "iterations": record["iterations"],
             "iteration_s": full_size["iteration_seconds"], "startup_s": wall - iterating,
-            "backend": record["backend"], "device": record["device"], "final_loss": record["final_loss"]}
+            "backend": record["backend"], "device": record["device"], "final_loss": record["final_loss"],
+            "peak_rss_gib": usage.ru_maxrss / 2**20, "memory": record.get("memory")}
+
+
+def evaluation(size: int, max_memory: str | None, repeats: int, extra: list[str]) -> dict:
+    """Seconds and peak memory of one loss-and-gradient evaluation at ``size`` px, as the starting
+    loss of a run computes it: the whole image (``max_memory`` None, ``--force``d past the estimate)
+    or tiled to fit ``max_memory``. The optimiser's arrays are not part of it."""
+    import autodiff
+    import synthesize
+
+    flags = ["--force"] if max_memory is None else ["--max-memory", max_memory]
+    args = synthesize.parse_args(["-s", str(EXAMPLE), "-ow", str(size), "--network", "vgg19", "--random-seed", "0",
+                                  "-q", *flags, *extra])
+    problem = synthesize.prepare(args, lambda message: None, optimised=False)
+    plan = problem.plan(0)
+    minimiser = problem.stage(0)
+    seconds = []
+    for _ in range(repeats + 1):  # the first compiles
+        start = time.perf_counter()
+        loss = minimiser.evaluate(problem.x0)[0]
+        seconds.append(time.perf_counter() - start)
+    return {"size": size, "canvas": list(problem.x0.shape[1:3]), "max_memory": max_memory, "extra": extra,
+            "tiles": None if plan.tiles is None else list(plan.tiles), "estimated_gib": plan.need / 2**30,
+            "seconds": statistics.median(seconds[1:]) if repeats else seconds[0], "first_s": seconds[0],
+            "loss": loss, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "backend": autodiff.backend_name(), "device": autodiff.device_name()}
 
 
 def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], texture: Path,
@@ -303,8 +331,16 @@ def main(argv=None) -> int:
     parser.add_argument("--whole", type=int, nargs="*", default=None, metavar="SIZE",
                         help="also time whole default runs of these sizes, as a user starts them, twice "
                         "(the second shows what a warm compilation cache saves)")
+    parser.add_argument("--runs", type=int, default=2, help="--whole: runs of each size (cold, then warm cache)")
+    parser.add_argument("--evaluate", type=int, nargs="*", default=None, metavar="SIZE",
+                        help="time one loss-and-gradient evaluation at these sizes, tiled to fit --max-memory, "
+                        "and (--untiled-too) the whole image, each in a fresh process: seconds, peak memory")
+    parser.add_argument("--max-memory", default="4G", help="--evaluate: the memory the tiled evaluation may use")
+    parser.add_argument("--untiled-too", action="store_true", help="--evaluate: also the whole image at once")
+    parser.add_argument("--repeats", type=int, default=3, help="--evaluate: timed evaluations after the first")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--one", nargs=4, metavar=("NETWORK", "SIZE", "ITERATIONS", "WARMUP"), help=argparse.SUPPRESS)
+    parser.add_argument("--eval-one", nargs=3, metavar=("SIZE", "MAX_MEMORY", "REPEATS"), help=argparse.SUPPRESS)
     parser.add_argument("--ttq-one", nargs=5, metavar=("NETWORK", "SIZE", "BUDGET", "TEXTURE", "IMAGE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -313,6 +349,10 @@ def main(argv=None) -> int:
     if args.one:
         network, size, iterations, warmup = args.one
         print(json.dumps(one(network, int(size), int(iterations), int(warmup), extra)))
+        return 0
+    if args.eval_one:
+        size, max_memory, repeats = args.eval_one
+        print(json.dumps(evaluation(int(size), None if max_memory == "none" else max_memory, int(repeats), extra)))
         return 0
     if args.ttq_one:
         network, size, budget, texture, image = args.ttq_one
@@ -340,14 +380,25 @@ def main(argv=None) -> int:
                   f"{r['eval_s']:>7.4f} {r['outside_share']:>7.1%} {r['bare_s']:>7.4f} {r['overhead']:>8.2f} "
                   f"{r['gflop_per_eval']:>6.1f} {r['gflops_bare']:>7.1f} {reference} {r['peak_rss_mib']:>8.0f}  "
                   f"{r['device']}", flush=True)
+    evaluations = []
+    for size in args.evaluate or []:
+        for max_memory in (["none"] if args.untiled_too else []) + [args.max_memory]:
+            extra_args = ["--extra", args.extra] if args.extra else []
+            r = child(["--eval-one", str(size), max_memory, str(args.repeats), *extra_args])
+            evaluations.append(r)
+            how = "whole image" if r["tiles"] is None else f"tiles {r['tiles']} (--max-memory {max_memory})"
+            print(f"evaluation {size} px, {how}: {r['seconds']:.2f} s (median of {args.repeats}; first "
+                  f"{r['first_s']:.1f} s), peak memory {r['peak_rss_gib']:.2f} GiB (estimated "
+                  f"{r['estimated_gib']:.2f}), loss {r['loss']:.6g}; {r['device']}", flush=True)
     whole = []
     for size in args.whole or []:
-        for attempt in ("first", "repeated"):
+        for attempt in ("first", "repeated", "third", "fourth")[:args.runs]:
             r = whole_run(size, networks[0], extra)
             r["attempt"] = attempt
             whole.append(r)
             print(f"whole default run {size} px ({attempt}): {r['wall_s']:.1f} s wall, {r['iterations']} iterations "
-                  f"({r['iteration_s']:.4f} s each at full size), start-up {r['startup_s']:.1f} s; {r['device']}", flush=True)
+                  f"({r['iteration_s']:.4f} s each at full size), start-up {r['startup_s']:.1f} s, peak memory "
+                  f"{r['peak_rss_gib']:.2f} GiB; {r['device']}", flush=True)
     ttq = []
     if args.ttq:
         header = " ".join(f"{'s to ' + format(f, 'g'):>9}" for f in TTQ_FRACTIONS)
@@ -370,7 +421,8 @@ def main(argv=None) -> int:
                 print(f"{texture.stem:12} {schedule:15} {crossed} {end} {r['iterations']:>5} "
                       f"{r['seconds']:>6.1f}", flush=True)
     args.json.write_text(json.dumps({"machine": machine, "extra": args.extra, "results": rows,
-                                     "whole_runs": whole, "time_to_quality": ttq}, indent=2) + "\n")
+                                     "evaluations": evaluations, "whole_runs": whole, "time_to_quality": ttq},
+                                    indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

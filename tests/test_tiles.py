@@ -143,8 +143,11 @@ def test_memory_plan_whole_tiled_or_refused():
     assert memory.plan("vgg19", LAYERS, "valid", big, 1, None).tiles is None  # memory unknown: whole
     with pytest.raises(UsageError, match=r"needs at least .* GiB of memory .* but 4\.00 GiB is available"):
         memory.plan("vgg19", LAYERS, "valid", big, 1, 4 * 2**30)
-    # a measured image (a source) has no optimiser's arrays: it fits where an output would not
-    assert memory.plan("vgg19", LAYERS, "valid", big, 1, 4 * 2**30, optimised=False).tiled
+    # a measured image (a source, the benchmark's evaluation) has no optimiser's arrays: 8 GiB do
+    with pytest.raises(UsageError):
+        memory.plan("vgg19", LAYERS, "valid", big, 1, 8 * 2**30)
+    measured = memory.plan("vgg19", LAYERS, "valid", big, 1, 8 * 2**30, optimised=False)
+    assert measured.tiled and measured.tiles[0] >= 512 and measured.need <= 8 * 2**30
 
 
 def test_parse_size():
@@ -216,3 +219,13 @@ def test_progress_moves_within_an_evaluation(monkeypatch):
     assert len(lines) == 2
     # 20 s per evaluation: 15 s for this one, 9 more iterations of 20 s
     assert "3 min 15 s left" in lines[-1]
+
+
+def test_window_gradients_land_on_the_level_through_the_extension():
+    from tiles import _runs
+
+    # a window from 3 pixels before a 5-pixel level to 7 inside: wrapped around (circular) it
+    # covers pixels 2, 3, 4, then 0..4, then 0, 1; valid's zero extension is dropped
+    assert _runs(-3, 10, 5, wrap=True) == [(0, 2, 3), (3, 0, 5), (8, 0, 2)]
+    assert _runs(-3, 10, 5, wrap=False) == [(3, 0, 5)]
+    assert _runs(2, 4, 5, wrap=False) == [(0, 2, 3)]
