@@ -216,6 +216,25 @@ def accelerator_memory() -> float | None:
     return None
 
 
+def peak_accelerator_memory() -> float | None:
+    """Bytes the GPU's allocator has held at most so far (JAX, torch), or None on the CPU and
+    where the backend does not say."""
+    backend = backend_name()
+    with contextlib.suppress(Exception):
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform != "cpu":
+                return float((device.memory_stats() or {})["peak_bytes_in_use"])
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return float(torch.cuda.max_memory_allocated())
+    return None
+
+
 def value_and_grad(loss_fn: Callable) -> Callable:
     """The gradient of ``loss_fn``, traceable inside ``compile``.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from errors import UsageError
+from optimize import MEMORY as MEMORY_PAIRS  # correction pairs L-BFGS keeps when they fit
 
 # Calibrated on this project's machine (TensorFlow 2.21, CPU): peak RSS 1.30 GiB at 512x512 and
 # 2.93 GiB at 1024x1024 (4 octaves, layers 2 7); this estimate gives 1.5 and 3.4 GiB.
@@ -23,8 +24,8 @@ BASE_MEMORY = 0.9 * 2**30  # TensorFlow, the weights and the rest of the process
 IMAGE_VECTORS = 8  # image-sized float32 arrays of an L-BFGS step besides the correction pairs
 MEASURED_VECTORS = 2  # without an optimiser (an evaluation, a source): the image, on the host and the device
 TILED_VECTORS = 4  # more when tiled: the extended levels (4/3), a level's gradient on the host, the backward pass
-MEMORY_PAIRS = 10  # correction pairs L-BFGS keeps when they fit (optimize.MEMORY)
 FEWEST_PAIRS = 3  # kept at least, however large the image
+EFFICIENT_TILE = 8  # tiles at least this many halos long: windows at most 1.27x their tile's area
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
@@ -44,7 +45,8 @@ def gib(n: float) -> str:
 @dataclass(frozen=True)
 class Plan:
     """How one canvas is evaluated: ``tiles`` None (the whole image in one program) or one tile
-    side per level (None: that level whole); ``pairs`` L-BFGS correction pairs; ``need`` bytes."""
+    side per level (None: that level whole); ``pairs`` L-BFGS correction pairs to keep (room is
+    left for them only when the plan is for an optimised image); ``need`` estimated bytes."""
 
     tiles: tuple[int | None, ...] | None
     pairs: int
@@ -100,7 +102,7 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
     """How to evaluate a canvas whose pyramid levels have ``sizes`` (finest first) in ``budget``
     bytes (None: unknown, the whole image). The whole image in one program when it fits with
     ``MEMORY_PAIRS`` pairs; else each level that does not fit whole in tiles, keeping fewer pairs
-    (down to ``FEWEST_PAIRS``) if need be. Raises UsageError when not even that fits.
+    (down to ``FEWEST_PAIRS``) rather than use tiles shorter than ``EFFICIENT_TILE`` halos. Raises UsageError when not even that fits.
     ``optimised`` False: an image only measured (a source's targets), no optimiser's arrays.
     """
     from vgg16 import layer_names
@@ -112,7 +114,7 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
     options = list(range(MEMORY_PAIRS, FEWEST_PAIRS - 1, -1)) if optimised else [None]  # pairs to try
     whole = _fixed(image, options[0], False) + sum(levels)
     if budget is None or whole <= budget:
-        return Plan(None, options[0] or 0, whole)
+        return Plan(None, MEMORY_PAIRS, whole)
     smallest, align = _window(network, layers, padding, 1)
     least = _fixed(image, options[-1], True) + _activations(network, deepest, smallest, smallest, padding)
     halo = smallest - align
@@ -122,13 +124,13 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
                  for (h, w), level in zip(sizes, levels, strict=True)]
         shortest = min([tile for tile in tiles if tile is not None] or [0])
         fit = all(tile is not None or level <= room for tile, level in zip(tiles, levels))
-        # fewer pairs rather than tiles shorter than their halo (windows 4x their area or more)
-        if fit and (shortest >= halo or pairs == options[-1]):
+        # fewer pairs rather than tiles so short that their windows' margins add much work
+        if fit and (shortest >= EFFICIENT_TILE * halo or pairs == options[-1]):
             windows = [_window(network, layers, padding, tile // align)[0] for tile in tiles if tile is not None]
             need = _fixed(image, pairs, True) + max(
                 [level for level, tile in zip(levels, tiles) if tile is None]
                 + [_activations(network, deepest, window, window, padding) for window in windows])
-            return Plan(tuple(tiles), pairs or 0, need)
+            return Plan(tuple(tiles), pairs or MEMORY_PAIRS, need)
     raise UsageError(
         f"the output size needs at least {gib(least)} of {what} (the program, the image's arrays and the "
         f"smallest tile) but {gib(budget)} is available; lower --output-width/--output-height or --count")

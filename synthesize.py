@@ -640,6 +640,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     tile_progress = TileProgress()
 
+    def weighted_interframe(x):
+        """The inter-frame loss of frames x (count, H, W, 3), times --if-weight: a scalar."""
+        return args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
+
     @functools.lru_cache(maxsize=None)
     def stage(first: int) -> Minimiser:
         """The optimiser of a canvas the size of pyramid level ``first``: the same multi-scale loss,
@@ -653,11 +657,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         levels = args.octaves - first
         stage_targets, stage_weights = targets[first * len(layers):], weights[first * len(layers):]
         plan = plan_of(first)
+        inter = weighted_interframe if animated and first == 0 else None  # frames exist at full size only
         if plan.tiled:
-            inter = None
-            if animated and first == 0:
-                inter = lambda x: args.if_weight * interframe_loss(  # noqa: E731
-                    x, interframe["target_distance"], args.if_order)
             tilings = [None if tile is None else tile_level(h, w, tile, network, layers, padding)
                        for (h, w), tile in zip(sizes[first:], plan.tiles, strict=True)]
             evaluate = TiledLoss(extractor, network, layers, padding, levels, tilings,
@@ -668,8 +669,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         def loss_fn(x):
             grams = multiscale_grams(x, extractor, levels, padding)
             total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
-            if animated and first == 0:
-                total = total + args.if_weight * interframe_loss(x, interframe["target_distance"], args.if_order)
+            if inter is not None:
+                total = total + inter(x)
             if first:
                 per_level = ops.concatenate([ops.full((first,), float("nan")), per_level])
             return total, per_level
@@ -808,7 +809,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
                                 "distances": measured_distances(final.astype("float32"), args.if_order)}
     record["stages"] = progress.stages
     budget, what = problem.budget
-    record["memory"] = {"budget_bytes": budget, "budget_of": what, "plans": [
+    record["memory"] = {"budget_bytes": budget, "budget_of": what,
+                        "peak_gpu_bytes": autodiff.peak_accelerator_memory(), "plans": [
         {"level": level, "tiles": None if p.tiles is None else list(p.tiles), "pairs": p.pairs,
          "estimated_bytes": None if math.isnan(p.need) else round(p.need)}
         for level in sorted({0, *(stage["level"] for stage in progress.stages)}) for p in [problem.plan(level)]]}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of the Backends section, as one script (about 8 minutes on an H200): the benchmark on JAX
 # (512, 1024, 2048 px and a whole default 1024 px run, twice), every feature on jax and torch at 128 px, the
-# same --random-seed twice, an out-of-memory stop, then torch's benchmark at 512 and 1024 px. Run from the repo root:
+# same --random-seed twice, an out-of-memory stop, a tiled evaluation (whole vs tiled at 1024 px) and an
+# 8192 px tiled run of 3 iterations within 30% of the GPU's memory, then torch's benchmark at 512 and 1024 px.
+# Run from the repo root:
 #
 #     WEIGHTS=DIR bash benchmarks/gpu_check.sh [quick]
 #
@@ -45,5 +47,12 @@ cp /tmp/f/jax/tile/*/tiled_preview.png $OUT/tiled_jax.png 2>/dev/null
 cp /tmp/f/torch/plain/*/final_F0000.png $OUT/final_torch.png 2>/dev/null
 echo "=== out of memory (JAX limited to 2% of the GPU)"
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.02 python3 synthesize.py -s examples/gravel.png $D -ow $BIG -m 3 --schedule plain --backend jax --force -q --output-dir /tmp/f/oom; echo "rc=$?"
+echo "=== tiled loss: evaluations whole and tiled, and an 8192 px run held to 30% of the GPU (JAX)"
+export KERAS_BACKEND=jax
+step python3 benchmarks/bench.py --no-table --evaluate $WHOLE --untiled-too --max-memory 2G --extra "$D" --json $OUT/tiled_eval.json
+TILED=8192; [ -n "$QUICK" ] && TILED=256
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 step python3 synthesize.py -s examples/gravel.png $D -ow $TILED -m 3 --schedule plain -q --output-dir /tmp/f/tiled
+python3 -c "import json, glob; r = json.load(open(glob.glob('/tmp/f/tiled/*/run.json')[0])); print(r['status'], r['device'], r['memory'], [s['iteration_seconds'] for s in r['stages']], r['loss_history'])"
+unset KERAS_BACKEND
 echo "=== torch, per iteration (eager kernels: slower than jax on a GPU)"
 KERAS_BACKEND=torch python3 benchmarks/bench.py --sizes $(echo $SIZES | cut -d' ' -f1-2) --iterations $ITERS --extra "$D" --json $OUT/bench_torch.json

@@ -167,8 +167,10 @@ def small_budget(megabytes: float) -> str:
 def test_cli_tiles_when_memory_is_short_and_gets_the_same_run(tmp_path, capsys):
     from synthesize import main
 
-    argv = ["-s", str(EXAMPLE), "-sw", "160", "-ow", "96", "-o", "2", "-m", "4", "--network", "vgg19",
-            "--random-seed", "2", "--schedule", "plain"]
+    # the default coarse-to-fine schedule: the coarse stage whole, the full-size stage (and the
+    # starting loss) in tiles
+    argv = ["-s", str(EXAMPLE), "-sw", "160", "-ow", "96", "-o", "2", "-m", "6", "--network", "vgg19",
+            "--random-seed", "2"]
     assert main([*argv, "-q", "--output-dir", str(tmp_path / "whole")]) == 0
     assert main([*argv, "--max-memory", small_budget(12), "--output-dir", str(tmp_path / "tiled")]) == 0
     err = capsys.readouterr().err
@@ -177,6 +179,7 @@ def test_cli_tiles_when_memory_is_short_and_gets_the_same_run(tmp_path, capsys):
                     for name in ("whole", "tiled"))
     assert whole["memory"]["plans"][0]["tiles"] is None
     assert tiled["memory"]["plans"][0]["tiles"][0] < 112 and "--max-memory" in tiled["memory"]["budget_of"]
+    assert [stage["level"] for stage in tiled["stages"]] == [1, 0]
     assert tiled["evaluations"] == whole["evaluations"]
     np.testing.assert_allclose(tiled["loss_history"], whole["loss_history"], rtol=1e-4)
 
