@@ -10,6 +10,7 @@ one tile fits next to the image-sized arrays of the optimiser.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -54,7 +55,8 @@ class Plan:
 
     @property
     def tiled(self) -> bool:
-        return self.tiles is not None and any(t is not None for t in self.tiles)
+        """Evaluated level by level (``tiles.TiledLoss``), not as one program."""
+        return self.tiles is not None
 
 
 def _activations(network: str, deepest: str, height: int, width: int, padding: str) -> float:
@@ -98,12 +100,15 @@ def largest_tile(room: float, network: str, layers: Sequence[str], padding: str,
 
 
 def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tuple[int, int]], count: int,
-         budget: float | None, what: str = "memory", optimised: bool = True) -> Plan:
+         budget: float | None, what: str = "memory", optimised: bool = True,
+         subject: str = "the output size", remedy: str = "lower --output-width/--output-height or --count") -> Plan:
     """How to evaluate a canvas whose pyramid levels have ``sizes`` (finest first) in ``budget``
     bytes (None: unknown, the whole image). The whole image in one program when it fits with
-    ``MEMORY_PAIRS`` pairs; else each level that does not fit whole in tiles, keeping fewer pairs
-    (down to ``FEWEST_PAIRS``) rather than use tiles shorter than ``EFFICIENT_TILE`` halos. Raises UsageError when not even that fits.
-    ``optimised`` False: an image only measured (a source's targets), no optimiser's arrays.
+    ``MEMORY_PAIRS`` pairs; else level by level (``tiles.TiledLoss``), each level whole or in the
+    largest tiles that fit, keeping fewer pairs (down to ``FEWEST_PAIRS``) rather than use tiles
+    shorter than ``EFFICIENT_TILE`` halos (if no number of pairs gets there, the most pairs that
+    fit). ``optimised`` False: an image only measured (a source's targets), no optimiser's arrays.
+    Raises UsageError naming ``subject`` and ``remedy`` when not even the smallest tile fits.
     """
     from vgg16 import layer_names
 
@@ -116,22 +121,24 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
     if budget is None or whole <= budget:
         return Plan(None, MEMORY_PAIRS, whole)
     smallest, align = _window(network, layers, padding, 1)
-    least = _fixed(image, options[-1], True) + _activations(network, deepest, smallest, smallest, padding)
     halo = smallest - align
+    fitting = []
     for pairs in options:
         room = budget - _fixed(image, pairs, True)
-        tiles = [None if level <= room else largest_tile(room, network, layers, padding, max(h, w))
-                 for (h, w), level in zip(sizes, levels, strict=True)]
-        shortest = min([tile for tile in tiles if tile is not None] or [0])
-        fit = all(tile is not None or level <= room for tile, level in zip(tiles, levels))
+        tiles = tuple(None if level <= room else largest_tile(room, network, layers, padding, max(h, w))
+                      for (h, w), level in zip(sizes, levels, strict=True))
+        if any(tile is None and level > room for tile, level in zip(tiles, levels)):
+            continue  # some level fits neither whole nor in tiles
+        windows = [_window(network, layers, padding, tile // align)[0] for tile in tiles if tile is not None]
+        need = _fixed(image, pairs, True) + max(
+            [level for level, tile in zip(levels, tiles) if tile is None]
+            + [_activations(network, deepest, window, window, padding) for window in windows])
+        fitting.append(Plan(tiles, pairs or MEMORY_PAIRS, need))
         # fewer pairs rather than tiles so short that their windows' margins add much work
-        if fit and (shortest >= EFFICIENT_TILE * halo or pairs == options[-1]):
-            windows = [_window(network, layers, padding, tile // align)[0] for tile in tiles if tile is not None]
-            need = _fixed(image, pairs, True) + max(
-                [level for level, tile in zip(levels, tiles) if tile is None]
-                + [_activations(network, deepest, window, window, padding) for window in windows])
-            return Plan(tuple(tiles), pairs or MEMORY_PAIRS, need)
-    raise UsageError(
-        f"the output size needs at least {gib(least)} of {what} (the program, the image's arrays and the "
-        f"smallest tile) but {gib(budget)} is available; lower --output-width/--output-height or --count")
-
+        if min((tile for tile in tiles if tile is not None), default=math.inf) >= EFFICIENT_TILE * halo:
+            return fitting[-1]
+    if fitting:
+        return fitting[0]
+    least = _fixed(image, options[-1], True) + _activations(network, deepest, smallest, smallest, padding)
+    raise UsageError(f"{subject} needs at least {gib(least)} of {what} (the program, the image's arrays and "
+                     f"the smallest tile) but {gib(budget)} is available; {remedy}")

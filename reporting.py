@@ -95,9 +95,11 @@ class Reporter:
         per_it = (began - self.started) / finished if finished else this_one
         left = this_one * (1 - fraction) + per_it * max(self.total - self.iteration - 1, 0)
         what = f"evaluation {fraction:.0%} done" if self.total else f"starting loss {fraction:.0%} done"
-        if self.bar is not None:
-            loss = "" if self.loss is None else f"loss {self.loss:.4g}, "
-            self.bar.set_postfix_str(f"{loss}{what}, {_duration(left)} left")
+        if self.bar is not None:  # the bar redrawn at most twice a second (tiles can be many and quick)
+            if now - self.last_line >= 0.5:
+                self.last_line = now
+                loss = "" if self.loss is None else f"loss {self.loss:.4g}, "
+                self.bar.set_postfix_str(f"{loss}{what}, {_duration(left)} left")
             return
         if self.said_partial and now - self.last_line < PLAIN_EVERY_S:
             return

@@ -157,7 +157,8 @@ def make_parser() -> argparse.ArgumentParser:
                       "has free). When the whole image's activations do not fit, the loss and its gradient are "
                       "computed in tiles of each pyramid level that fit: same result, about 1.3x the time")
     misc.add_argument("--force", action="store_true",
-                      help="Run even when the estimated memory need exceeds the available memory")
+                      help="Run (the whole image at once) even when by the estimate not even tiles fit in the "
+                      "available memory")
     misc.add_argument("--debug", action="store_true", help="Show a traceback on errors")
     return parser
 
@@ -433,14 +434,30 @@ def memory_text(budget: float | None, what: str) -> str:
     return f"{gib(budget)} of {what}" if budget is not None else what
 
 
+def describe_tiles(plan, sizes, network: str, layers, padding: str) -> str:
+    """'level 0 in 3x3 tiles of 688x688 px, level 1 whole, ...' for a tiled ``memory.Plan``."""
+    from tiles import tile_level
+
+    parts = []
+    for level, ((h, w), tile) in enumerate(zip(sizes, plan.tiles, strict=True)):
+        if tile is None:
+            parts.append(f"level {level} whole")
+            continue
+        tiling = tile_level(h, w, tile, network, layers, padding)
+        rows, cols = -(-h // tiling.tile[0]), -(-w // tiling.tile[1])
+        parts.append(f"level {level} in {rows}x{cols} tiles of {tiling.tile[0]}x{tiling.tile[1]} px")
+    return ", ".join(parts)
+
+
 def plan_memory(network: str, layers, padding: str, sizes, count: int, budget: float | None, what: str,
-                force: bool, optimised: bool = True):
-    """``memory.plan`` for a canvas whose levels have ``sizes``; with ``force`` a refusal becomes
-    the whole image in one program (the estimate may be wrong; the user says so)."""
+                force: bool, optimised: bool = True, **message):
+    """``memory.plan`` for a canvas whose levels have ``sizes`` (``message``: its subject and
+    remedy); with ``force`` a refusal becomes the whole image in one program (the estimate may
+    be wrong; the user says so)."""
     from memory import MEMORY_PAIRS, Plan, plan
 
     try:
-        return plan(network, layers, padding, sizes, count, budget, what, optimised)
+        return plan(network, layers, padding, sizes, count, budget, what, optimised, **message)
     except UsageError as err:
         if not force:
             raise UsageError(f"{err}, or pass --force") from None
@@ -602,12 +619,14 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     full = plan_of(0)  # refuses an output that cannot fit even in tiles, before anything is written
     if full.tiled:
-        pairs = f" ({full.pairs} L-BFGS correction pairs)" if optimised else ""
-        log(f"the full-size image's activations do not fit in {memory_text(budget, budget_of)}: "
-            f"computing the loss in tiles of {_join(t for t in full.tiles if t)} px{pairs}")
+        pairs = f"; {full.pairs} L-BFGS correction pairs" if optimised else ""
+        log(f"the full-size image's activations do not fit in {memory_text(budget, budget_of)}: computing "
+            f"the loss level by level ({describe_tiles(full, sizes, network, layers, padding)}{pairs})")
     source_plans = [plan_memory(network, layers, args.padding_mode,
                                 level_sizes(rgb.shape[0], rgb.shape[1], args.octaves, args.padding_mode), 1,
-                                budget, budget_of, args.force, optimised=False) for _, rgb in sources]
+                                budget, budget_of, args.force, optimised=False, subject=f"--source {path}",
+                                remedy="shrink it with --source-width or --source-scale")
+                    for path, rgb in sources]
 
     init_rgb = load_rgb(Path(args.init_image), flag="--init-image") if args.init_image else None
 

@@ -408,9 +408,8 @@ class TiledLoss:
         del levels, z
         grad = None  # dL/d(level's image), from the coarsest level down to the image
         for level in range(self.octaves - 1, -1, -1):
-            cotangent = cotangents[level]
+            cotangent, cotangents[level] = cotangents[level], None  # each goes as soon as it is used
             if isinstance(cotangent, np.ndarray):
-                cotangents[level] = None  # the host copy goes once the device has it
                 cotangent = autodiff.to_device(cotangent)
             coarser = [] if grad is None else [grad]
             if level == 0:

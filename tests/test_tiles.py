@@ -150,6 +150,24 @@ def test_memory_plan_whole_tiled_or_refused():
     assert measured.tiled and measured.tiles[0] >= 512 and measured.need <= 8 * 2**30
 
 
+def test_levels_that_fit_one_at_a_time_but_not_together_are_done_level_by_level(vgg19, example_targets):
+    # a budget just below the whole image's need: every level fits whole, not all at once
+    sizes = level_sizes(528, 528, 4, "valid")
+    need = memory.plan("vgg19", LAYERS, "valid", sizes, 1, None).need
+    tight = memory.plan("vgg19", LAYERS, "valid", sizes, 1, need - 2**20)
+    assert tight.tiled and tight.tiles == (None, None, None, None) and tight.need <= need - 2**20
+    # and such a plan computes the same loss, one level at a time
+    targets = example_targets("valid", 2)
+    extractor = build_extractor("vgg19", vgg19.weights, LAYERS, "valid")
+    x = preprocess(np.random.default_rng(3).uniform(30, 220, (1, 80, 80, 3))).astype(np.float32)
+    device_targets = [autodiff.to_device(t) for t in targets]
+    whole = Minimiser(lambda x: loss_per_level(multiscale_grams(x, extractor, 2, "valid"), device_targets,
+                                               [1.0] * 4, 2), x.shape).evaluate(x)
+    by_level = TiledLoss(extractor, "vgg19", LAYERS, "valid", 2, [None, None], targets, [1.0] * 4, 1)
+    loss, grad, per_level = by_level(autodiff.to_device(x))
+    assert_close(whole, (loss, autodiff.to_numpy(grad), per_level))
+
+
 def test_parse_size():
     assert memory.parse_size("4G") == 4 * 2**30
     assert memory.parse_size("512m") == 512 * 2**20
@@ -174,7 +192,7 @@ def test_cli_tiles_when_memory_is_short_and_gets_the_same_run(tmp_path, capsys):
     assert main([*argv, "-q", "--output-dir", str(tmp_path / "whole")]) == 0
     assert main([*argv, "--max-memory", small_budget(12), "--output-dir", str(tmp_path / "tiled")]) == 0
     err = capsys.readouterr().err
-    assert "computing the loss in tiles of" in err
+    assert "computing the loss level by level (level 0 in" in err
     whole, tiled = (json.loads(next((tmp_path / name).iterdir()).joinpath("run.json").read_text())
                     for name in ("whole", "tiled"))
     assert whole["memory"]["plans"][0]["tiles"] is None
@@ -201,6 +219,12 @@ def test_too_little_memory_even_for_one_tile_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "--max-memory 1G" in err[0] and "smallest tile" in err[0]
     assert not (tmp_path / "o").exists()
+    # a source too large for the memory even in tiles is named as such
+    status = main(["-s", str(EXAMPLE), "-ss", "8", "-ow", "64", "-p", "reflect", "--max-memory", "1G",
+                   "--network", "vgg19", "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and f"--source {EXAMPLE} needs at least" in err[0], err
+    assert "--source-width" in err[0] and not (tmp_path / "o").exists()
 
 
 def test_progress_moves_within_an_evaluation(monkeypatch):
