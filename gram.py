@@ -60,11 +60,17 @@ def source_targets(
     joined per matrix by ``join_mode`` (``average``: elementwise mean, ``max``:
     elementwise maximum), then multiplied by ``mul``. Returns (c, c) float32 arrays.
     """
+    grams_of = grams_program(extractor, octaves, padding)
+    return join_grams([grams_of(image) for image in sources], join_mode, mul)
+
+
+def grams_program(extractor: Callable, octaves: int, padding: str) -> Callable:
+    """A caffe-space image (H, W, 3), numpy -> its (c, c) Gram matrices of every (level, layer),
+    numpy, level-major; compiled once per image shape, for any number of images."""
     import autodiff
 
-    grams_of = autodiff.compile(lambda image: multiscale_grams(image, extractor, octaves, padding))  # per shape
-    per_source = [[autodiff.to_numpy(g)[0] for g in grams_of(autodiff.to_device(image[None]))] for image in sources]
-    return join_grams(per_source, join_mode, mul)
+    compiled = autodiff.compile(lambda image: multiscale_grams(image, extractor, octaves, padding))
+    return lambda image: [autodiff.to_numpy(g)[0] for g in compiled(autodiff.to_device(image[None]))]
 
 
 def join_grams(per_source: Sequence[Sequence[np.ndarray]], join_mode: str, mul: float = 1.0) -> list[np.ndarray]:

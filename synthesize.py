@@ -640,9 +640,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
-    per_source = [source_grams(image, extractor, network, layers, args.padding_mode, args.octaves, p)
-                  for image, p in zip(caffe_sources, source_plans, strict=True)]
-    host_targets = join_grams(per_source, args.join_mode, args.mul)
+    host_targets = join_grams(source_grams(caffe_sources, source_plans, extractor, network, layers,
+                                           args.padding_mode, args.octaves), args.join_mode, args.mul)
     targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
@@ -708,20 +707,25 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    (budget, budget_of))
 
 
-def source_grams(image, extractor, network: str, layers, padding: str, octaves: int, plan) -> list:
-    """The (c, c) Gram matrices of every (level, layer) of one caffe-space source (H, W, 3), whole or
-    tile by tile as ``plan`` (memory.Plan) says."""
+def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:
+    """The (c, c) Gram matrices of every (level, layer) of each caffe-space source (H, W, 3): whole
+    (one compiled program for all of them) or tile by tile, as its ``memory.Plan`` says."""
     import autodiff
-    from gram import source_targets
+    from gram import grams_program
     from pyramid import level_sizes
     from tiles import TiledLoss, tile_level
 
-    if not plan.tiled:
-        return source_targets([image], extractor, octaves, padding, "average")
-    tilings = [None if tile is None else tile_level(h, w, tile, network, layers, padding)
-               for (h, w), tile in zip(level_sizes(*image.shape[:2], octaves, padding), plan.tiles, strict=True)]
-    tiled = TiledLoss(extractor, network, layers, padding, octaves, tilings, None, None, 1)
-    return [g[0] for g in tiled.grams(autodiff.to_device(image[None]))]
+    whole = grams_program(extractor, octaves, padding)
+    per_source = []
+    for image, plan in zip(images, plans, strict=True):
+        if not plan.tiled:
+            per_source.append(whole(image))
+            continue
+        tilings = [None if tile is None else tile_level(h, w, tile, network, layers, padding)
+                   for (h, w), tile in zip(level_sizes(*image.shape[:2], octaves, padding), plan.tiles, strict=True)]
+        tiled = TiledLoss(extractor, network, layers, padding, octaves, tilings, None, None, 1)
+        per_source.append([g[0] for g in tiled.grams(autodiff.to_device(image[None]))])
+    return per_source
 
 
 def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:

@@ -126,7 +126,7 @@ def test_tiled_source_grams_equal_the_whole(vgg19, example_rgb):
     extractor = build_extractor("vgg19", vgg19.weights, LAYERS, "reflect")
     image = preprocess(example_rgb[:150, :120])
     whole = source_targets([image], extractor, 3, "reflect", "average")
-    tiled = source_grams(image, extractor, "vgg19", LAYERS, "reflect", 3, memory.Plan((48, 48, None), 0, 0.0))
+    (tiled,) = source_grams([image], [memory.Plan((48, 48, None), 0, 0.0)], extractor, "vgg19", LAYERS, "reflect", 3)
     for w, t in zip(whole, tiled, strict=True):
         np.testing.assert_allclose(t, w, rtol=1e-4, atol=1e-6 * np.abs(w).max())
 
