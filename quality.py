@@ -62,3 +62,15 @@ def colour_outlier_share(rgb: np.ndarray, reference: np.ndarray, threshold: floa
     pixels = np.asarray(rgb, np.float64).reshape(-1, 3)
     distance, _ = cKDTree(colours).query(pixels, distance_upper_bound=threshold)
     return float(np.mean(np.isinf(distance)))  # no reference colour within the threshold
+
+
+def colour_outliers_against_source(rgb: np.ndarray, source: np.ndarray, threshold: float = 20.0) -> tuple[float, float]:
+    """(share of ``rgb``'s pixels with colours the source lacks, the same share for a real photo):
+    ``colour_outlier_share`` against the left half of ``source`` (H, W, 3), for the image and for
+    a centred crop of the source's right half as large as the image (or the half, if smaller)."""
+    half = source.shape[1] // 2
+    reference, other = source[:, :half], source[:, half:]
+    h, w = min(rgb.shape[0], other.shape[0]), min(rgb.shape[1], other.shape[1])
+    top, left = (other.shape[0] - h) // 2, (other.shape[1] - w) // 2
+    crop = other[top:top + h, left:left + w]
+    return colour_outlier_share(rgb, reference, threshold), colour_outlier_share(crop, reference, threshold)

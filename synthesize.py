@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
 from errors import SynthesisError, UsageError  # noqa: E402
+from colour import COLOUR_WEIGHT  # noqa: E402
 
 NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
@@ -105,6 +106,10 @@ def make_parser() -> argparse.ArgumentParser:
                          help="Weight of each octave's loss terms, finest first, one per octave (default: all 1)")
     network.add_argument("--layer-weights", type=float, nargs="+", default=None, metavar="W",
                          help="Weight of each layer's loss terms, in --layers order (default: all 1)")
+    network.add_argument("--colour-weight", type=float, default=COLOUR_WEIGHT, metavar="W",
+                         help="Weight of the colour term: how far the image's colours, as a distribution, are "
+                         "from the source's at every pyramid level (keeps out colours the source does not have); "
+                         "0: the original's Gram loss alone (default: %(default)s)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max-iter", "-m", type=int, default=500,
@@ -206,8 +211,9 @@ def validate(args: argparse.Namespace) -> None:
         args.margin = VALID_MARGIN if args.padding_mode == "valid" else 0
     _require(0 <= args.margin <= MAX_MARGIN, f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
     for flag, value in (("--mul", args.mul), ("--tol", args.tol), ("--if-weight", args.if_weight),
-                        ("--if-shift", args.if_shift)):
+                        ("--if-shift", args.if_shift), ("--colour-weight", args.colour_weight)):
         _require(math.isfinite(value), f"{flag} {value}: must be a finite number")
+    _require(args.colour_weight >= 0, f"--colour-weight {args.colour_weight}: must not be negative")
     _require(args.mul > 0, f"--mul {args.mul}: must be positive")
     _require(args.if_weight >= 0, f"--if-weight {args.if_weight}: must not be negative")
     _require(args.if_shift > 0, f"--if-shift {args.if_shift}: must be positive")
@@ -572,9 +578,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
     from gram import join_grams, loss_per_level, multiscale_features, multiscale_grams, term_weights
+    from colour import colour_term, source_colour_targets
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import level_sizes
+    from pyramid import gaussian_pyramid, level_sizes
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
@@ -643,6 +650,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     host_targets = join_grams(source_grams(caffe_sources, source_plans, extractor, network, layers,
                                            args.padding_mode, args.octaves), args.join_mode, args.mul)
     targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
+    colour_targets = (source_colour_targets(caffe_sources, args.octaves, args.padding_mode, sizes)
+                      if args.colour_weight else [])
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
@@ -680,13 +689,17 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
             tilings = [None if tile is None else tile_level(h, w, tile, network, layers, padding)
                        for (h, w), tile in zip(sizes[first:], plan.tiles, strict=True)]
             evaluate = TiledLoss(extractor, network, layers, padding, levels, tilings,
-                                 host_targets[first * len(layers):], stage_weights, args.count, inter, absent=first)
+                                 host_targets[first * len(layers):], stage_weights, args.count, inter, absent=first,
+                                 colour=(args.colour_weight, colour_targets[first:]) if colour_targets else None)
             evaluate.on_progress = tile_progress
             return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
             grams = multiscale_grams(x, extractor, levels, padding)
             total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
+            if colour_targets:
+                total = total + colour_term(gaussian_pyramid(x, levels, padding), colour_targets[first:],
+                                            args.colour_weight)
             if inter is not None:
                 total = total + inter(x)
             if first:
@@ -782,6 +795,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             "initial_loss": progress.initial_loss, "final_loss": progress.final_loss,
             "stop_reason": progress.stop_reason, "seconds": round(time.monotonic() - started, 3),
             "loss_history": progress.loss_history, "octave_loss_history": progress.aux_history,
+            "final_gram_loss": gram_part(progress.aux_history[-1]) if progress.aux_history else None,
             "level": level_of(progress.current) if progress.current is not None else 0,
             "compilations": autodiff.compilations(), **extra,
         })
@@ -845,6 +859,12 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     write_pictures(run_dir, progress)
     write_record(exit_status=exit_status)
     return record
+
+
+def gram_part(octave_losses) -> float:
+    """The Gram loss alone (the original's, without the colour or inter-frame terms) from one
+    iteration's per-octave losses (NaN or None for octaves a coarse stage lacks)."""
+    return float(sum(v for v in octave_losses if v is not None and math.isfinite(v)))
 
 
 def write_pictures(run_dir: Path, progress) -> None:

@@ -215,14 +215,18 @@ class TiledLoss:
     ``weights``: one per target (both None when only ``grams`` is wanted). ``interframe``: keras.ops, x -> scalar (already weighted),
     added to the loss; None for one frame. ``absent``: finer levels this stage's loss lacks
     (NaN at the front of the per-level values, as the whole-image loss reports them).
+    ``colour``: (weight, one ``colour.ColourTarget`` per level) of the colour term, computed on
+    each level whole (an image-sized sort), or None.
     ``on_progress(fraction)``: called as the tiles of one evaluation are done.
     """
 
     def __init__(self, extractor, network: str, layers: Sequence[str], padding: str, octaves: int,
                  plans: Sequence[Tiling | None], targets: Sequence[np.ndarray] | None,
-                 weights: Sequence[float] | None, count: int, interframe: Callable | None = None, absent: int = 0):
+                 weights: Sequence[float] | None, count: int, interframe: Callable | None = None, absent: int = 0,
+                 colour: tuple | None = None):
         self.extractor, self.padding, self.octaves = extractor, padding, octaves
         self.plans, self.count, self.interframe, self.absent = list(plans), count, interframe, absent
+        self.colour = colour
         self.layers = len(layers)
         self.targets = [np.asarray(t, np.float64) for t in targets or ()]
         self.device_targets = [autodiff.to_device(t) for t in targets or ()]
@@ -302,6 +306,28 @@ class TiledLoss:
             return terms, grad
 
         return self._program(("whole", level), lambda: whole)
+
+    def _colour(self, level: int, size: tuple[int, int]):
+        """z (the level as extended) -> (the weighted colour term (1,), its gradient (count, *size, 3)):
+        the colour term of the level itself (``size``), without what extending added."""
+        from keras import ops
+
+        from colour import colour_term
+
+        weight, targets = self.colour
+        plan = self.plans[level]
+        (top, _), (left, _) = ((0, 0), (0, 0)) if plan is None else plan.extend
+
+        def colour(z):
+            def loss(z_):
+                term = colour_term([z_], [targets[level]], weight)
+                return term, ops.reshape(term, (1,))
+
+            inside = ops.slice(z, (0, top, left, 0), (self.count, *size, 3))
+            _, grad, term = autodiff.value_and_grad(loss)(inside)
+            return term, grad
+
+        return self._program(("colour", level), lambda: colour)
 
     def _backward(self, level: int, shape: tuple[int, ...]):
         """(z, gradient, coarser) -> (inter-frame loss (1,), dL/dz): the whole gradient of a level's
@@ -383,19 +409,27 @@ class TiledLoss:
             self.on_progress(done[0] / total_work)
 
         per_level, cotangents = [], []  # a level's cotangent: a device tensor (whole) or numpy (tiled)
+        colour_total = 0.0
         for level, (z, plan) in enumerate(zip(levels, self.plans, strict=True)):
             chunk = slice(level * self.layers, (level + 1) * self.layers)
             weights = self.weights[chunk]
+            colour_grad = None
+            if self.colour is not None:
+                term, colour_grad = self._colour(level, sizes[level])(z)
+                colour_total += float(autodiff.to_numpy(term)[0])
             if plan is None:
                 terms, grad = self._whole(level)(z, tuple(self.device_targets[chunk]))
                 terms = autodiff.to_numpy(terms).astype(np.float64)
                 per_level.append(float(np.dot(weights, terms)))
-                cotangents.append(grad)
+                cotangents.append(grad if colour_grad is None else grad + colour_grad)
                 continue
             grams = self._grams(level, z, progress)
             differences = [g - t for g, t in zip(grams, self.targets[chunk], strict=True)]
             per_level.append(sum(w * float(np.sum(d * d)) for w, d in zip(weights, differences, strict=True)))
             gradient = np.zeros((self.count, *sizes[level], 3), np.float32)  # the level's, not extended
+            if colour_grad is not None:
+                gradient += autodiff.to_numpy(colour_grad)
+                del colour_grad
             for frame in range(self.count):
                 slopes = tuple((2 * w * d[frame]).astype(np.float32) for w, d in zip(weights, differences))
                 for window in plan.windows:
@@ -417,6 +451,6 @@ class TiledLoss:
             else:
                 _, grad = self._backward(level, (self.count, *sizes[level], 3))(cotangent, *coarser)
             del cotangent
-        loss = sum(per_level) + float(autodiff.to_numpy(inter)[0])
+        loss = sum(per_level) + colour_total + float(autodiff.to_numpy(inter)[0])
         aux = np.array([math.nan] * self.absent + per_level, np.float32)
         return loss, grad, aux

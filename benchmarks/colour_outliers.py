@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from images import load_rgb  # noqa: E402
-from quality import colour_outlier_share  # noqa: E402
+from quality import colour_outliers_against_source  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,17 +26,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=20.0, help="distance in RGB units (0-255)")
     args = parser.parse_args(argv)
     source = load_rgb(args.source)
-    half = source.shape[1] // 2
-    reference, other = source[:, :half], source[:, half:]
     print("image\toutliers\tsource crop\tratio")
     for path in args.images:
-        rgb = load_rgb(path)
-        h, w = min(rgb.shape[0], other.shape[0]), min(rgb.shape[1], other.shape[1])
-        crop = other[(other.shape[0] - h) // 2:][:h, (other.shape[1] - w) // 2:][:, :w]
-        share = colour_outlier_share(rgb, reference, args.threshold)
-        baseline = colour_outlier_share(crop, reference, args.threshold)
+        share, baseline = colour_outliers_against_source(load_rgb(path), source, args.threshold)
         ratio = share / baseline if baseline > 0 else float("inf") if share > 0 else 1.0
-        print(f"{path}\t{share:.4%}\t{baseline:.4%} ({w}x{h})\t{ratio:.1f}x")
+        print(f"{path}\t{share:.4%}\t{baseline:.4%}\t{ratio:.1f}x")
     return 0
 
 

@@ -66,3 +66,17 @@ def test_colour_outlier_share_closed_forms():
     image[2, :2] = (12, 12, 12)  # 20.8 units from black
     assert colour_outlier_share(image, reference) == pytest.approx(7 / 100)
     assert colour_outlier_share(image, reference, threshold=25) == 0
+
+
+def test_colour_outliers_against_the_sources_other_half():
+    from quality import colour_outliers_against_source
+
+    source = np.full((20, 40, 3), 100.0)
+    source[:5, 30:35] = [200, 0, 0]  # a red patch in the right half: 25 of its 400 pixels
+    image = np.full((10, 10, 3), 100.0)
+    image[0, :4] = [0, 0, 255]  # 4 blue pixels of 100
+    share, crop = colour_outliers_against_source(image, source)
+    assert share == pytest.approx(0.04)
+    # the crop: the centred 10x10 of the right half (rows 5-14, columns 25-34): no red there
+    assert crop == 0
+    assert colour_outliers_against_source(source[:, 20:], source)[1] == pytest.approx(25 / 400)

@@ -157,6 +157,7 @@ def test_source_too_small_names_minimum_and_flags(tmp_path, capsys):
     (["-ss", "inf"], "--source-scale inf"), (["-sw", "0"], "--source-width 0"),
     (["--mul", "nan"], "--mul nan"), (["--mul", "-1"], "--mul -1"), (["--tol", "inf"], "--tol inf"),
     (["--tol", "-1"], "--tol -1"), (["--if-weight", "nan"], "--if-weight nan"),
+    (["--colour-weight", "-1"], "--colour-weight -1"), (["--colour-weight", "nan"], "--colour-weight nan"),
     (["-ow", "abc"], "--output-width"), (["-p", "mirror"], "--padding-mode"),
 ])
 def test_bad_numbers_are_usage_errors(extra, flag, tmp_path, capsys):

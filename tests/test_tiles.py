@@ -72,25 +72,32 @@ def example_targets(vgg19, example_rgb):
     return targets
 
 
-def whole_and_tiled(vgg19, targets, padding, shape, tile, frames_weight=0.0, octaves=2):
+def whole_and_tiled(vgg19, targets, padding, shape, tile, frames_weight=0.0, octaves=2, colour=None):
     """(whole-image loss, gradient, per-level) and the same tile by tile (every level larger than a
-    tile tiled), at one random image."""
+    tile tiled), at one random image. ``colour``: (weight, a source image) of a colour term."""
+    from colour import colour_term, source_colour_targets
+    from pyramid import gaussian_pyramid
+
     extractor = build_extractor("vgg19", vgg19.weights, LAYERS, padding)
     weights = [1.0, 0.5] * octaves
     device_targets = [autodiff.to_device(t) for t in targets]
     inter = (lambda x: frames_weight * interframe_loss(x, 20.0, 1)) if frames_weight else None
+    sizes = level_sizes(shape[1], shape[2], octaves, padding)
+    colour_targets = colour and source_colour_targets([preprocess(colour[1])], octaves, "reflect", sizes)
 
     def loss_fn(x):
         total, per_level = loss_per_level(multiscale_grams(x, extractor, octaves, padding), device_targets,
                                           weights, octaves)
+        if colour:
+            total = total + colour_term(gaussian_pyramid(x, octaves, padding), colour_targets, colour[0])
         return (total + inter(x) if inter else total), per_level
 
     x = preprocess(np.random.default_rng(1).uniform(30, 220, shape)).astype(np.float32)
     whole = Minimiser(loss_fn, shape).evaluate(x)
-    sizes = level_sizes(shape[1], shape[2], octaves, padding)
     tilings = [None if max(h, w) <= tile else tile_level(h, w, tile, "vgg19", LAYERS, padding) for h, w in sizes]
     assert tilings[0] is not None and len(tilings[0].windows) > 1
-    tiled = TiledLoss(extractor, "vgg19", LAYERS, padding, octaves, tilings, targets, weights, shape[0], inter)
+    tiled = TiledLoss(extractor, "vgg19", LAYERS, padding, octaves, tilings, targets, weights, shape[0], inter,
+                      colour=colour and (colour[0], colour_targets))
     loss, grad, per_level = tiled(autodiff.to_device(x))
     return whole, (loss, autodiff.to_numpy(grad), per_level)
 
@@ -113,6 +120,13 @@ def assert_close(whole, tiled):
 def test_tiled_loss_and_gradient_equal_the_whole_image(vgg19, example_targets, padding, size, tile):
     targets = example_targets("reflect" if padding == "circular" else padding, 2)
     assert_close(*whole_and_tiled(vgg19, targets, padding, (1, *size, 3), tile))
+
+
+@pytest.mark.parametrize("padding,size,tile", [("valid", (96, 80), 32), ("circular", (96, 64), 32)])
+def test_tiled_with_the_colour_term(vgg19, example_targets, example_rgb, padding, size, tile):
+    # the colour term is computed on each level whole, without what the windows' extension adds
+    targets = example_targets("reflect" if padding == "circular" else padding, 2)
+    assert_close(*whole_and_tiled(vgg19, targets, padding, (2, *size, 3), tile, colour=(5.0, example_rgb)))
 
 
 def test_tiled_with_two_frames_and_the_interframe_loss(vgg19, example_targets):

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Run synthesize.py on several sources, each with one or more option sets, and print how the
+pictures score: colours the source lacks, frames at the border, and the Gram loss.
+
+    python3 benchmarks/picture_quality.py examples/*.png --size 256 \\
+        --common "-p reflect -m 200 --random-seed 5" --variant "--colour-weight 0" --variant ""
+
+Per source and variant (each run in a fresh process, into --output-dir): the share of pixels more
+than 20 RGB units from every colour of the source's left half (``quality.colour_outlier_share``)
+and that share for a crop of the source's right half of the same size (a real photo's score); the
+luminance and contrast ratios of the 4 px and 12 px border bands over the centre
+(``quality.frame_ratios``: 1 = no frame); the run's final Gram loss and its seconds. Prints a
+Markdown table and writes it as JSON beside the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from images import load_rgb  # noqa: E402
+from quality import colour_outliers_against_source, frame_ratios  # noqa: E402
+
+BANDS = (4, 12)
+
+
+def measure(source: Path, image: Path) -> dict:
+    """The picture's scores against its source (see the module's docstring)."""
+    rgb = load_rgb(image)
+    outliers, crop = colour_outliers_against_source(rgb, load_rgb(source))
+    scores = {"outliers": outliers, "source_crop": crop}
+    for band in BANDS:
+        scores[f"luminance_{band}"], scores[f"contrast_{band}"] = frame_ratios(rgb, band)
+    return scores
+
+
+def run(source: Path, size: int, options: list[str], out: Path) -> dict:
+    """One synthesize.py run in a fresh process; its run.json with the picture's scores added."""
+    argv = [sys.executable, str(REPO / "synthesize.py"), "-s", str(source), "-ow", str(size), *options,
+            "--output-dir", str(out), "-q"]
+    subprocess.run(argv, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    record = json.loads(next(out.glob("*/run.json")).read_text())
+    image = Path(record["output_dir"]) / "final_F0000.png"
+    return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
+            **measure(source, image), "image": str(image)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sources", nargs="+", type=Path)
+    parser.add_argument("--size", type=int, default=256, help="output width and height")
+    parser.add_argument("--common", default="", help="options every run gets")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="options of one variant (repeat for several; default: one with none)")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/picture_quality"))
+    args = parser.parse_args(argv)
+    variants = args.variant or [""]
+    rows = []
+    print("| source | variant | outliers | source crop | lum 4 | contrast 4 | lum 12 | contrast 12 | Gram loss | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for source in args.sources:
+        for number, variant in enumerate(variants):
+            out = args.output_dir / f"{source.stem}.{args.size}.v{number}"
+            if out.exists():
+                raise SystemExit(f"picture_quality.py: error: {out} exists; choose another --output-dir")
+            row = {"source": str(source), "variant": variant,
+                   **run(source, args.size, shlex.split(args.common) + shlex.split(variant), out)}
+            rows.append(row)
+            print(f"| {source.name} | `{variant or '(none)'}` | {row['outliers']:.3%} | {row['source_crop']:.3%} | "
+                  + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
+                  + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / f"picture_quality.{args.size}.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
