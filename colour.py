@@ -5,9 +5,11 @@ show colours its source never has (purple blotches on grey-green bark, colour fr
 gravel). This term compares the colour distributions directly, level by level of the pyramid: a
 sliced Wasserstein distance (Rabin et al. 2011; used for textures by Heitz et al. 2021): the
 pixels' colours projected on a few directions of colour space, sorted, against the sources'
-sorted projections (their quantiles). It is zero exactly when every projection's distribution
-matches, and it pulls each pixel towards the colour of its rank in the source, so no pixel keeps a
-colour the source lacks.
+sorted projections (their quantiles). It is zero when every projection's distribution matches,
+and it pulls each compared pixel towards the colour of its rank in the source. Four directions in
+the chroma plane do not pin the joint distribution, and lightness is left to the Gram matrices
+(see ``colour_directions``); on levels larger than ``SAMPLE_PIXELS`` only a fixed sample of the
+pixels is compared there (the coarser levels hold the rest).
 """
 
 from __future__ import annotations
@@ -73,16 +75,24 @@ class ColourTarget:
     scale: float
 
 
+def _some(pixels: np.ndarray) -> np.ndarray:
+    """At most ``SAMPLE_PIXELS`` of the sources' (n, 3) pixels (a fixed random choice), float32:
+    enough for their covariance and quantiles, without float64 copies of a huge source."""
+    if len(pixels) > SAMPLE_PIXELS:
+        pixels = pixels[np.random.default_rng(0).choice(len(pixels), SAMPLE_PIXELS, replace=False)]
+    return np.asarray(pixels, np.float32)
+
+
 def colour_targets(source_levels: Sequence[Sequence[np.ndarray]], sizes: Sequence[tuple[int, int]]) -> list:
     """One ``ColourTarget`` per pyramid level. ``source_levels``: per source, its levels (h, w, 3),
     level 0 first (caffe space, as the image optimised); ``sizes``: the synthesised canvas's
     level sizes. The directions come from the sources' level 0 and serve every level."""
-    pooled0 = np.concatenate([levels[0].reshape(-1, 3) for levels in source_levels])
+    pooled0 = _some(np.concatenate([levels[0].reshape(-1, 3) for levels in source_levels]))
     directions = colour_directions(pooled0)
     scale = 1.0 / max(float(np.trace(np.cov(pooled0.astype(np.float64), rowvar=False))), 1e-6)
     targets = []
     for level, (h, w) in enumerate(sizes):
-        pixels = np.concatenate([levels[level].reshape(-1, 3) for levels in source_levels])
+        pixels = _some(np.concatenate([levels[level].reshape(-1, 3) for levels in source_levels]))
         positions = sample_positions(h, w, seed=level)
         n = h * w if positions is None else len(positions)
         targets.append(ColourTarget(directions, quantiles(pixels @ directions.T.astype(np.float64), n)
@@ -91,8 +101,8 @@ def colour_targets(source_levels: Sequence[Sequence[np.ndarray]], sizes: Sequenc
 
 
 def colour_loss(level, target: ColourTarget):
-    """The colour term of one level: (N, h, w, 3) images -> a scalar, the mean over frames,
-    directions and compared pixels of (sorted projection - source quantile)^2, times
+    """The colour term of one level: (N, h, w, 3) images -> a scalar, the sum over frames of the
+    mean over directions and compared pixels of (sorted projection - source quantile)^2, times
     ``target.scale``."""
     from keras import ops
 
@@ -103,7 +113,7 @@ def colour_loss(level, target: ColourTarget):
     projected = ops.matmul(flat, ops.convert_to_tensor(target.directions.T))  # (N, n, k)
     ordered = ops.sort(ops.transpose(projected, (0, 2, 1)), axis=-1)  # (N, k, n), each row ascending
     difference = ordered - ops.convert_to_tensor(target.sorted.T)[None]
-    return ops.mean(ops.square(difference)) * target.scale
+    return ops.sum(ops.mean(ops.square(difference), axis=(1, 2))) * target.scale  # frames add up, as Gram terms
 
 
 def colour_term(levels: Sequence, targets: Sequence[ColourTarget], weight: float):

@@ -317,7 +317,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
     Returns the effective argv (starting from the run's last saved image via
-    --init-image, with the run's --schedule), the iteration that image was
+    --init-image, with the run's --schedule and --colour-weight), the iteration that image was
     saved at, and the pyramid level of the coarse-to-fine stage it belongs to
     (run.json's ``level``; None if unknown), where the resumed run carries on;
     argv without --resume is returned unchanged with 0 and None.
@@ -336,12 +336,15 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     image, iteration = last_saved_image(run_dir, record)
     recorded = record["command"][1:]
     recorded = _without(_without(recorded, "--init-image"), "--resume")
-    schedule = record.get("args", {}).get("schedule") if isinstance(record.get("args"), dict) else None
+    recorded_args = record.get("args") if isinstance(record.get("args"), dict) else {}
+    schedule = recorded_args.get("schedule")
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
+    colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
+    same_loss = ["--colour-weight", str(colour)] if isinstance(colour, (int, float)) and not isinstance(colour, bool) else []
     level = record.get("level")
     if not isinstance(level, int) or level < 0:
         level = 0 if schedule == "plain" else None
-    return [*recorded, *same_schedule, *argv, "--init-image", str(image)], iteration, level
+    return [*recorded, *same_schedule, *same_loss, *argv, "--init-image", str(image)], iteration, level
 
 
 # ----------------------------------------------------------------------------

@@ -182,8 +182,10 @@ def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
 
     argv, start, level = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1})
     assert (start, level) == (20, 1)
-    assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--resume", str(run),
-                    "--init-image", str(run / "final_F0000.png")]
+    assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--colour-weight", "0.0",
+                    "--resume", str(run), "--init-image", str(run / "final_F0000.png")]  # before the colour term: none
+    argv, _, _ = resume({"args": {"schedule": "plain", "colour_weight": 1.0}})
+    assert argv[argv.index("--colour-weight") + 1] == "1.0"  # the run's own loss, whatever today's default
     argv, _, _ = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1}, "--schedule", "plain")
     assert argv[argv.index("--schedule", argv.index("--schedule") + 1) + 1] == "plain"  # the later one wins
     assert resume({"args": {"schedule": "plain"}})[2] == 0  # a plain run is at full size
