@@ -45,7 +45,8 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
     """One synthesize.py run in a fresh process; its run.json with the picture's scores added."""
     argv = [sys.executable, str(REPO / "synthesize.py"), "-s", str(source), "-ow", str(size), *options,
             "--output-dir", str(out), "-q"]
-    subprocess.run(argv, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    if subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:  # its own error is above
+        raise SystemExit(f"picture_quality.py: error: synthesize.py failed on {source} with {' '.join(options)}")
     record = json.loads(next(out.glob("*/run.json")).read_text())
     image = Path(record["output_dir"]) / "final_F0000.png"
     return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
