@@ -340,7 +340,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     schedule = recorded_args.get("schedule")
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
     colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
-    same_loss = ["--colour-weight", str(colour)] if type(colour) in (int, float) else []
+    same_loss = ["--colour-weight", str(colour)] if isinstance(colour, (int, float)) and not isinstance(colour, bool) else []
     level = record.get("level")
     if not isinstance(level, int) or level < 0:
         level = 0 if schedule == "plain" else None
@@ -580,7 +580,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
-    from gram import join_grams, level_grams, loss_per_level, multiscale_features, term_weights
+    from gram import join_grams, loss_per_level, multiscale_features, multiscale_grams, term_weights
     from colour import colour_term, source_colour_targets
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
@@ -698,10 +698,11 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
             return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
-            pyramid = gaussian_pyramid(x, levels, padding)  # once, for the Gram and the colour terms
-            total, per_level = loss_per_level(level_grams(pyramid, extractor), stage_targets, stage_weights, levels)
+            grams = multiscale_grams(x, extractor, levels, padding)
+            total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
             if colour_targets:
-                total = total + colour_term(pyramid, colour_targets[first:], args.colour_weight)
+                total = total + colour_term(gaussian_pyramid(x, levels, padding), colour_targets[first:],
+                                            args.colour_weight)
             if inter is not None:
                 total = total + inter(x)
             if first:
