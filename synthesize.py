@@ -31,7 +31,7 @@ from colour import COLOUR_WEIGHT  # noqa: E402
 
 NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
-VALID_MARGIN = 8  # hidden border (px per side) optimised and cropped away with valid padding
+MARGIN_CAP = 32  # the default hidden border (px per side) is the deepest layer's reach, at most this
 MAX_MARGIN = 256  # larger --margin values are refused
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
@@ -74,9 +74,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Save an in-progress optimization image every SAVE_EVERY iterations")
     output.add_argument("--margin", type=int, default=None,
                         help=f"Hidden border, in pixels per side, optimised around the image and cropped "
-                        f"away so that the border is as detailed as the middle (default: {VALID_MARGIN} "
-                        "with --padding-mode valid, 0 otherwise; 0 for the original's behaviour; not used "
-                        "with --tile)")
+                        "away so that the border is as detailed as the middle (default: half the deepest "
+                        f"layer's receptive field, at most {MARGIN_CAP}: 16 with the default --layers; 0 for "
+                        "the original's behaviour; not used with --tile)")
     output.add_argument("--tile", action="store_true",
                         help="Make the result tile seamlessly: every convolution, pooling and pyramid "
                         "reduction on the synthesised image wraps around (circular padding), so opposite "
@@ -207,9 +207,8 @@ def validate(args: argparse.Namespace) -> None:
         _require(args.margin in (None, 0), f"--margin {args.margin} cannot be combined with --tile: a periodic "
                  "image has no border to hide; leave --margin out")
         args.margin = 0
-    if args.margin is None:
-        args.margin = VALID_MARGIN if args.padding_mode == "valid" else 0
-    _require(0 <= args.margin <= MAX_MARGIN, f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
+    _require(args.margin is None or 0 <= args.margin <= MAX_MARGIN,  # None: default_margin, in prepare
+             f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
     for flag, value in (("--mul", args.mul), ("--tol", args.tol), ("--if-weight", args.if_weight),
                         ("--if-shift", args.if_shift), ("--colour-weight", args.colour_weight)):
         _require(math.isfinite(value), f"{flag} {value}: must be a finite number")
@@ -349,6 +348,17 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
 
 # ----------------------------------------------------------------------------
 # Sizes
+
+
+def default_margin(network: str, deepest: str) -> int:
+    """The hidden border (px per side) when --margin is not given: half the receptive field of the
+    ``deepest`` layer (16 px for block3_conv2), at most MARGIN_CAP. Pixels nearer the edge than that
+    lie in fewer of that layer's windows (valid padding) or in mirrored ones (reflect, same), are
+    held less firmly by the loss and come out blurred or streaky; the margin takes that band."""
+    from vgg16 import receptive_fields
+
+    _, first, last = receptive_fields(network, deepest, "valid")[-1]
+    return min((last - first + 1) // 2, MARGIN_CAP)
 
 
 def minimum_side(network: str, layers: Sequence[str], octaves: int, padding: str) -> int:
@@ -592,8 +602,6 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     autodiff.init_backend(args.backend, verbose=args.debug, deterministic=args.random_seed is not None)
     width, height = args.output_width, args.output_height
-    margin = args.margin
-    canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     sources = load_sources(args)
     animated = args.count > 1
     if animated:
@@ -607,6 +615,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
             raise UsageError(f"--layers {layer}: out of range for {network} (0..{len(names) - 1})")
     layers = [layer_name(network, layer) for layer in args.layers]
     require_layers(loaded, layer_name(network, max(args.layers)))
+    if args.margin is None:  # resolved here, where the network is known; run.json records it
+        args.margin = default_margin(network, layer_name(network, max(args.layers)))
+    margin = args.margin
+    canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     # the synthesised image's boundary; the sources' targets always use --padding-mode
     padding = TILE_PADDING if args.tile else args.padding_mode
     if args.tile:

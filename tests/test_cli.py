@@ -110,4 +110,4 @@ def test_missing_source_is_one_line_exit_1(tmp_path, capsys):
 def test_output_too_small_for_octaves_names_the_minimum(tmp_path, capsys):
     assert main(small_run_args(tmp_path, "-o", "3")) == 2
     err = capsys.readouterr().err
-    assert "need at least 121x121 (plus the hidden --margin 8 per side)" in err and "--octaves" in err
+    assert "need at least 105x105 (plus the hidden --margin 16 per side)" in err and "--octaves" in err

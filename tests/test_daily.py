@@ -46,9 +46,10 @@ def test_drawn_seed_is_printed_and_recorded(tmp_path, capsys):
 
 
 def test_init_image_of_a_result_starts_at_its_loss(tmp_path):
-    # reflect padding has no hidden margin, so the saved image is the whole optimised canvas
-    first = _run(tmp_path, "first", "-m", "40", "-p", "reflect", "--random-seed", "1")
-    again = _run(tmp_path, "again", "-m", "1", "-p", "reflect", "--init-image", str(first / "final_F0000.png"))
+    # without the hidden margin the saved image is the whole optimised canvas
+    first = _run(tmp_path, "first", "-m", "40", "-p", "reflect", "--margin", "0", "--random-seed", "1")
+    again = _run(tmp_path, "again", "-m", "1", "-p", "reflect", "--margin", "0", "--init-image",
+                 str(first / "final_F0000.png"))
     assert _record(again)["initial_loss"] == pytest.approx(_record(first)["final_loss"], rel=0.01)
     assert (again / "Aseed_F0000.png").read_bytes() == (first / "final_F0000.png").read_bytes()
 

@@ -18,6 +18,18 @@ def test_border_distance_closed_form():
     assert d[0].tolist() == [0] * 6 and d[2].tolist() == [0, 1, 2, 2, 1, 0]
 
 
+def test_default_margin_is_the_deepest_layers_reach():
+    from synthesize import MARGIN_CAP, default_margin
+
+    # receptive fields: pool1 6 px, conv3_2 32 px (both networks); conv4_1 60 px (VGG16, 3 convs in
+    # block 3) and 68 px (VGG19, 4 convs), whose half is capped
+    for network in ("vgg16", "vgg19"):
+        assert default_margin(network, "block1_pool") == 3
+        assert default_margin(network, "block3_conv2") == 16
+    assert default_margin("vgg16", "block4_conv1") == 30
+    assert default_margin("vgg19", "block4_conv1") == MARGIN_CAP == 32
+
+
 def test_frame_ratios_of_a_dark_frame():
     rng = np.random.default_rng(0)
     image = 100 + 20 * rng.standard_normal((64, 64, 3))
@@ -37,6 +49,7 @@ def _run(tmp_path, texture: str, *flags: str) -> tuple[float, float, float, floa
     run_dir = next(out.iterdir())
     record = json.loads((run_dir / "run.json").read_text())
     assert record["args"]["padding_mode"] == "valid"  # the default
+    assert record["args"]["margin"] == (16 if "--margin" not in flags else int(flags[flags.index("--margin") + 1]))
     rgb = load_rgb(run_dir / "final_F0000.png")
     assert rgb.shape == (128, 128, 3)  # the hidden margin is cropped away
     return (*frame_ratios(rgb, 4), *frame_ratios(rgb, 12))
