@@ -35,15 +35,25 @@ def multiscale_features(images, extractor: Callable, octaves: int, padding: str)
     ``extractor`` maps (N, h, w, 3) to a list of feature maps, one per layer.
     Returns a list of ``octaves * layers`` tensors of shape (N, h_l, w_l, c_l).
     """
+    return level_features(gaussian_pyramid(images, octaves, padding), extractor)
+
+
+def level_features(levels: Sequence, extractor: Callable) -> list:
+    """Feature maps of every (level, layer), level-major, for pyramid levels already made."""
     features = []
-    for level in gaussian_pyramid(images, octaves, padding):
+    for level in levels:
         features += _as_list(extractor(level))
     return features
 
 
+def level_grams(levels: Sequence, extractor: Callable) -> list:
+    """Gram matrices of every (level, layer), level-major, for pyramid levels already made: tensors (N, c, c)."""
+    return [gram_matrix(f) for f in level_features(levels, extractor)]
+
+
 def multiscale_grams(images, extractor: Callable, octaves: int, padding: str) -> list:
     """Gram matrices of every (level, layer), level-major: ``octaves * layers`` tensors (N, c, c)."""
-    return [gram_matrix(f) for f in multiscale_features(images, extractor, octaves, padding)]
+    return level_grams(gaussian_pyramid(images, octaves, padding), extractor)
 
 
 def _as_list(outputs) -> list:

@@ -590,7 +590,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
-    from gram import join_grams, loss_per_level, multiscale_features, multiscale_grams, term_weights
+    from gram import join_grams, level_grams, loss_per_level, multiscale_features, term_weights
     from colour import colour_term, source_colour_targets
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
@@ -710,11 +710,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
             return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
-            grams = multiscale_grams(x, extractor, levels, padding)
-            total, per_level = loss_per_level(grams, stage_targets, stage_weights, levels)
+            pyramid = gaussian_pyramid(x, levels, padding)  # once, for the Gram and the colour terms
+            total, per_level = loss_per_level(level_grams(pyramid, extractor), stage_targets, stage_weights, levels)
             if colour_targets:
-                total = total + colour_term(gaussian_pyramid(x, levels, padding), colour_targets[first:],
-                                            args.colour_weight)
+                total = total + colour_term(pyramid, colour_targets[first:], args.colour_weight)
             if inter is not None:
                 total = total + inter(x)
             if first:
