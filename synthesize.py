@@ -100,7 +100,7 @@ def make_parser() -> argparse.ArgumentParser:
     network.add_argument("--padding-mode", "-p", choices=PADDING_MODES, default="valid",
                          help="What boundary condition to use for convolutions, pooling and the pyramid: "
                          "valid (none; each level must be large enough), same (zeros), reflect (mirror; "
-                         "cleanest borders, no size limit). With --tile it applies to the sources only")
+                         "no size limit). With --tile it applies to the sources only")
     network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
     network.add_argument("--octave-weights", type=float, nargs="+", default=None, metavar="W",
                          help="Weight of each octave's loss terms, finest first, one per octave (default: all 1)")
@@ -316,7 +316,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
     Returns the effective argv (starting from the run's last saved image via
-    --init-image, with the run's --schedule and --colour-weight), the iteration that image was
+    --init-image, with the run's --schedule, --colour-weight and --margin), the iteration that image was
     saved at, and the pyramid level of the coarse-to-fine stage it belongs to
     (run.json's ``level``; None if unknown), where the resumed run carries on;
     argv without --resume is returned unchanged with 0 and None.
@@ -340,10 +340,13 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
     colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
     same_loss = ["--colour-weight", str(colour)] if isinstance(colour, (int, float)) and not isinstance(colour, bool) else []
+    margin = recorded_args.get("margin")  # the canvas it had (the default margin changed: 8 valid / 0, now 16)
+    tiled = "--tile" in argv or recorded_args.get("tile") is True  # --tile takes no margin
+    same_canvas = ["--margin", str(margin)] if type(margin) is int and margin >= 0 and not tiled else []
     level = record.get("level")
     if not isinstance(level, int) or level < 0:
         level = 0 if schedule == "plain" else None
-    return [*recorded, *same_schedule, *same_loss, *argv, "--init-image", str(image)], iteration, level
+    return [*recorded, *same_schedule, *same_loss, *same_canvas, *argv, "--init-image", str(image)], iteration, level
 
 
 # ----------------------------------------------------------------------------
@@ -352,9 +355,11 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
 
 def default_margin(network: str, deepest: str) -> int:
     """The hidden border (px per side) when --margin is not given: half the receptive field of the
-    ``deepest`` layer (16 px for block3_conv2), at most MARGIN_CAP. Pixels nearer the edge than that
-    lie in fewer of that layer's windows (valid padding) or in mirrored ones (reflect, same), are
-    held less firmly by the loss and come out blurred or streaky; the margin takes that band."""
+    ``deepest`` layer (16 px for block3_conv2), at most MARGIN_CAP. Pixels near the edge lie in fewer
+    of the layers' windows (valid padding) or in windows that see padding (mirrored or zeros), are held
+    less firmly by the loss and come out blurred or streaky. Half the field is a measured choice
+    (README, Clean edges): 8 px left a band, 16 px none, on five sources; the coarser levels get
+    the margin shrunk with them (2 px at the coarsest of 4 octaves)."""
     from vgg16 import receptive_fields
 
     _, first, last = receptive_fields(network, deepest, "valid")[-1]

@@ -6,8 +6,9 @@
     python3 benchmarks/bench.py --large    # adds 1024 px
 
 Each configuration runs in a fresh process (so its peak memory is its own) on the
-example texture with the default layers, 4 octaves and ``-p reflect`` (``--extra``
-changes that; valid padding cannot run 4 octaves at 256 px). Prints a table and writes
+example texture with the default layers, 4 octaves, ``-p reflect`` and the default hidden
+margin (16 px per side: a 256 px run optimises 288x288; ``--extra`` changes these, e.g.
+``--extra "-p reflect --margin 0"`` for the bare size). Prints a table and writes
 the same numbers as JSON (``--json``, default benchmarks/results.json).
 
 - s/iter: median wall time of one L-BFGS iteration after warm-up (the loss,
@@ -319,8 +320,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ttq", type=float, default=0, metavar="SECONDS",
                         help="also measure time to quality with this budget per schedule (512 px)")
     parser.add_argument("--extra", default="-p reflect",
-                        help="extra synthesize.py flags for every configuration (default: -p reflect, since "
-                        "valid padding cannot run 4 octaves at 256 px)")
+                        help="extra synthesize.py flags for every configuration (default: -p reflect, the "
+                        "padding these figures have been measured with since valid could not run 4 octaves "
+                        "at 256 px, before the 16 px margin)")
     parser.add_argument("--textures", type=Path, nargs="+", default=[EXAMPLE], metavar="IMAGE",
                         help="time to quality: source textures (default: the example)")
     parser.add_argument("--schedules", nargs="+", default=["plain", "coarse-to-fine"],

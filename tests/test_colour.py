@@ -94,8 +94,8 @@ def test_a_real_run_keeps_the_sources_colours(tmp_path):
     chroma = {}
     for weight in ("0", "10"):
         out = tmp_path / weight
-        argv = ["-s", str(EXAMPLE), "-ow", "64", "-o", "2", "-p", "reflect", "-m", "30", "--network", "vgg19",
-                "--random-seed", "2", "--colour-weight", weight, "--output-dir", str(out), "-q"]
+        argv = ["-s", str(EXAMPLE), "-ow", "64", "-o", "2", "-p", "reflect", "--margin", "0", "-m", "30",
+                "--network", "vgg19", "--random-seed", "2", "--colour-weight", weight, "--output-dir", str(out), "-q"]
         assert main(argv) == 0
         run_dir = next(out.iterdir())
         record = json.loads((run_dir / "run.json").read_text())

@@ -150,7 +150,7 @@ def test_stages_without_iterations_are_skipped_and_growth_goes_one_level_at_a_ti
 
 @pytest.mark.parametrize("padding", ["reflect", "valid"])
 def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
-    # valid padding needs 67 px for 2 octaves; its hidden margin makes the canvas 112 px
+    # valid padding needs 67 px for 2 octaves; the hidden margin makes the canvas 128 px (reflect too)
     argv = ["-s", str(EXAMPLE), "-ow", "96", "-o", "2", "-m", "20", "-n", "5", "--network", "vgg19",
             "--random-seed", "1", "--schedule", "coarse-to-fine", "-p", padding, "--output-dir", str(tmp_path), "-q"]
     assert main(argv) == 0
@@ -188,5 +188,9 @@ def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
     assert argv[argv.index("--colour-weight") + 1] == "1.0"  # the run's own loss, whatever today's default
     argv, _, _ = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1}, "--schedule", "plain")
     assert argv[argv.index("--schedule", argv.index("--schedule") + 1) + 1] == "plain"  # the later one wins
+    argv, _, _ = resume({"args": {"schedule": "plain", "margin": 8}})
+    assert argv[argv.index("--margin") + 1] == "8"  # the run's canvas, whatever today's default margin
+    assert "--margin" not in resume({"args": {"margin": 0, "tile": True}})[0]  # --tile takes none
+    assert "--margin" not in resume({"args": {"margin": 16}}, "--tile")[0]
     assert resume({"args": {"schedule": "plain"}})[2] == 0  # a plain run is at full size
     assert resume({"args": {"schedule": "coarse-to-fine"}})[2] is None  # unknown: all stages again
