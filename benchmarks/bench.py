@@ -320,9 +320,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ttq", type=float, default=0, metavar="SECONDS",
                         help="also measure time to quality with this budget per schedule (512 px)")
     parser.add_argument("--extra", default="-p reflect",
-                        help="extra synthesize.py flags for every configuration (default: -p reflect, the "
-                        "padding these figures have been measured with since valid could not run 4 octaves "
-                        "at 256 px, before the 16 px margin)")
+                        help="extra synthesize.py flags for every configuration (default: -p reflect, which the "
+                        "README's figures were measured with: valid padding could not run 4 octaves at "
+                        "256 px before the 16 px margin)")
     parser.add_argument("--textures", type=Path, nargs="+", default=[EXAMPLE], metavar="IMAGE",
                         help="time to quality: source textures (default: the example)")
     parser.add_argument("--schedules", nargs="+", default=["plain", "coarse-to-fine"],
