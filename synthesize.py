@@ -339,7 +339,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     schedule = recorded_args.get("schedule")
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
     colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
-    same_loss = ["--colour-weight", str(colour)] if isinstance(colour, (int, float)) and not isinstance(colour, bool) else []
+    same_loss = ["--colour-weight", str(colour)] if type(colour) in (int, float) else []  # JSON numbers, not bools
     margin = recorded_args.get("margin")  # the canvas it had (the default margin changed: 8 valid / 0, now 16)
     tiled = "--tile" in argv or recorded_args.get("tile") is True  # --tile takes no margin
     same_canvas = ["--margin", str(margin)] if type(margin) is int and margin >= 0 and not tiled else []
