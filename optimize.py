@@ -54,6 +54,7 @@ class Progress:
     evaluations: int = 0
     current: object = field(default=None, repr=False)  # last accepted iterate: a backend tensor, image shape
     stop_reason: str = ""
+    initial_aux: list[float] | None = None  # the loss function's aux at the starting point
     _host: tuple = field(default=(None, None), repr=False)  # (current, its numpy copy)
 
     @property
@@ -342,6 +343,8 @@ class Minimiser:
         if not first.finite:
             raise NonFiniteLoss(f"the starting loss is {loss}")
         progress.initial_loss = loss
+        if first.point.aux is not None and first.point.aux.size:
+            progress.initial_aux = first.point.aux.astype(np.float64).tolist()
         scale = LOSS_UNIT / loss if loss > 0 else 1.0
         point = Point(x, loss * scale, self._scale(first.point.grad, np.float32(scale)), None)  # optimiser's units
         pairs: deque = deque(maxlen=self.memory)  # (s, y, 1 / s.y, s.y / y.y), oldest first
@@ -444,7 +447,10 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     canvas the size of the coarsest pyramid level with the loss of that level
     alone, then expand the result to the next level's size (``pyramid.expand``)
     and optimise the loss of the levels that exist there, and so on up to full
-    size. The iterations left are shared by ``stage_budgets``; a stage with none
+    size. Each stage's loss sees its canvas through ``pyramid.stage_view`` (as
+    the reduction of the full-size image it grows into), so a growth leaves the
+    coarse octaves' losses as they were (``stages[i]["initial_octave_losses"]``
+    against the previous stage's last ``aux_history`` entry). The iterations left are shared by ``stage_budgets``; a stage with none
     is skipped. ``start_level``: the stage a resumed run had reached; it carries
     on there (never coarser), from ``x0``, its last saved image. Iterations are
     counted across stages; ``progress.best_x`` is the current stage's image
@@ -505,6 +511,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             steps = [b - a for a, b in zip(ticks[1:], ticks[2:])]  # the first includes the compilation
             median = statistics.median(steps) if steps else 0.0
             progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
+                                    "initial_octave_losses": stage.initial_aux,
                                     "initial_loss": stage.initial_loss, "final_loss": stage.final_loss,
                                     "seconds": round(ticks[-1] - ticks[0], 4),
                                     "iteration_seconds": round(median, 5)})

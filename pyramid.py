@@ -74,7 +74,7 @@ def first_centre(n: int, padding: str) -> int:
     return KERNEL_TAPS // 2 - pad_total // 2
 
 
-def _expand_axis(images: np.ndarray, axis: int, n: int, padding: str) -> np.ndarray:
+def _expand_axis(images, axis: int, n: int, padding: str):
     m = images.shape[axis]
     position = (np.arange(n) - first_centre(n, padding)) / 2  # in coarse pixels
     if padding == "circular":
@@ -89,12 +89,17 @@ def _expand_axis(images: np.ndarray, axis: int, n: int, padding: str) -> np.ndar
     shape = [1] * images.ndim
     shape[axis] = n
     frac = frac.reshape(shape).astype(np.float32)
-    return np.take(images, low, axis=axis) * (1 - frac) + np.take(images, high, axis=axis) * frac
+    if isinstance(images, np.ndarray):
+        take = np.take
+    else:  # a backend tensor, inside a compiled loss (``stage_view``)
+        from keras.ops import take
+    return take(images, low, axis=axis) * (1 - frac) + take(images, high, axis=axis) * frac
 
 
-def expand(images: np.ndarray, size: tuple[int, int], padding: str) -> np.ndarray:
-    """Upsample numpy images one pyramid level: (N, h, w, C) -> (N, size[0], size[1], C), ``size``
-    being the finer level's, so that ``reduce`` of the result is about the input again.
+def expand(images, size: tuple[int, int], padding: str):
+    """Upsample images one pyramid level: (N, h, w, C) -> (N, size[0], size[1], C), ``size``
+    being the finer level's, so that ``reduce`` of the result is about the input again. numpy
+    in, numpy out; backend tensors (keras.ops) in, tensors out.
 
     Each coarse pixel is put back where the window of fine pixels it was made from is centred
     (see ``first_centre``) and the rest is interpolated linearly, so the two levels stay
@@ -104,17 +109,42 @@ def expand(images: np.ndarray, size: tuple[int, int], padding: str) -> np.ndarra
     edges (valid padding's border, which the coarse level does not cover) the coarse image is
     mirrored (wrapped, for circular): repeating the edge pixel instead leaves streaks there.
     """
-    images = np.asarray(images, np.float32)
+    from keras import ops
+
+    if not ops.is_tensor(images):
+        images = np.asarray(images, np.float32)
     images = _expand_axis(images, 1, size[0], padding)
     return _expand_axis(images, 2, size[1], padding)
 
 
-def expand_to(images: np.ndarray, sizes: list[tuple[int, int]], level: int, padding: str) -> np.ndarray:
+def expand_to(images, sizes: list[tuple[int, int]], level: int, padding: str):
     """Expand images of pyramid level ``level`` (``sizes``: every level's size, level 0 first) level by
-    level up to level 0's size. Shows a coarse stage's image at full size."""
+    level up to level 0's size: the full-size image a coarse stage's canvas stands for (``stage_view``),
+    what its snapshots show and what the next stage starts from."""
     for k in range(level - 1, -1, -1):
         images = expand(images, sizes[k], padding)
     return images
+
+
+def stage_view(images, sizes: list[tuple[int, int]], level: int, padding: str):
+    """What the loss of a coarse-to-fine stage at pyramid ``level`` sees of its canvas: images
+    (N, sizes[level], C) (keras.ops tensors) expanded to full size (``expand_to``) and reduced back
+    to ``level``; the same shape. The identity at level 0.
+
+    A canvas is grown into the next stage by ``expand``, and ``reduce`` of an expanded image is a
+    blurred copy of it (the two kernels smooth twice): a stage that optimised its canvas itself
+    would hand over coarse levels that lose their finest detail at every growth (the coarse
+    octaves' losses 100-1000x what they were). Measured through this view, the canvas is judged
+    as the reduction of the very image the next stage starts from, so each growth keeps the
+    coarse octaves' losses exactly; and every such image is within the pixel bounds (both
+    operators average), which correcting a grown image until it reduces back to the canvas
+    cannot promise (it overshoots the bounds where the canvas has contrast no bounded image
+    reduces to, and leaves speckles).
+    """
+    full = expand_to(images, sizes, level, padding)
+    for _ in range(level):
+        full = reduce(full, padding)
+    return full
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -599,7 +599,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from colour import colour_term, source_colour_targets
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import gaussian_pyramid, level_sizes
+    from pyramid import gaussian_pyramid, level_sizes, stage_view
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
@@ -712,10 +712,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                  host_targets[first * len(layers):], stage_weights, args.count, inter, absent=first,
                                  colour=(args.colour_weight, colour_targets[first:]) if colour_targets else None)
             evaluate.on_progress = tile_progress
+            if first:
+                evaluate = through_view(evaluate, sizes, first, padding)
             return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
-            pyramid = gaussian_pyramid(x, levels, padding)  # once, for the Gram and the colour terms
+            seen = stage_view(x, sizes, first, padding) if first else x  # see pyramid.stage_view
+            pyramid = gaussian_pyramid(seen, levels, padding)  # once, for the Gram and the colour terms
             total, per_level = loss_per_level(level_grams(pyramid, extractor), stage_targets, stage_weights, levels)
             if colour_targets:
                 total = total + colour_term(pyramid, colour_targets[first:], args.colour_weight)
@@ -737,6 +740,31 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
                    (budget, budget_of))
+
+
+def through_view(evaluate: Callable, sizes, level: int, padding: str) -> Callable:
+    """A host-driven loss (``tiles.TiledLoss``: x -> (loss, grad, aux)) of a coarse stage's canvas
+    seen through ``pyramid.stage_view``, as the compiled losses see it: the view, then the loss,
+    then the gradient carried back through the view (a linear map: its adjoint)."""
+    import autodiff
+    from keras import ops
+
+    from pyramid import stage_view
+
+    view = autodiff.compile(lambda x: stage_view(x, sizes, level, padding))
+
+    def adjoint(x, cotangent):
+        along = autodiff.value_and_grad(lambda z: (ops.sum(stage_view(z, sizes, level, padding) * cotangent),
+                                                   ops.zeros((0,))))
+        return along(x)[1]
+
+    adjoint = autodiff.compile(adjoint)
+
+    def seen(x):
+        loss, grad, aux = evaluate(view(x))
+        return loss, adjoint(x, grad), aux
+
+    return seen
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:

@@ -88,3 +88,41 @@ def test_expand_circular_wraps():
     np.testing.assert_allclose(expand(np.roll(coarse, 1, axis=2), (16, 16), "circular"), np.roll(fine, 2, axis=2),
                                rtol=1e-6)
     np.testing.assert_allclose(fine[:, -1, 0], (coarse[:, -1, 0] + coarse[:, 0, 0]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect", "same", "circular"])
+def test_expand_gives_the_same_on_tensors_as_on_numpy(padding):
+    from keras import ops
+
+    from pyramid import expand
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, 9, 11, 3)).astype(np.float32)
+    size = (21, 25) if padding == "valid" else (18, 22)
+    on_tensor = expand(ops.convert_to_tensor(images), size, padding)
+    assert ops.is_tensor(on_tensor)
+    np.testing.assert_allclose(ops.convert_to_numpy(on_tensor), expand(images, size, padding), atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect", "same", "circular"])
+def test_stage_view_is_the_reduction_of_the_image_a_canvas_grows_into(padding):
+    # the identity at level 0; at level k, level k of the pyramid of the canvas expanded to full size,
+    # so that growing the canvas (expand) hands the next stage an image with the same coarse levels
+    from keras import ops
+
+    from pyramid import expand, expand_to, gaussian_pyramid, level_sizes, stage_view
+
+    sizes = level_sizes(70, 62, 3, padding)
+    rng = np.random.default_rng(1)
+    full = rng.uniform(0, 255, (1, *sizes[0], 3)).astype(np.float32)
+    np.testing.assert_array_equal(ops.convert_to_numpy(stage_view(ops.convert_to_tensor(full), sizes, 0, padding)),
+                                  full)
+    canvas = rng.uniform(0, 255, (1, *sizes[2], 3)).astype(np.float32)
+    seen = ops.convert_to_numpy(stage_view(ops.convert_to_tensor(canvas), sizes, 2, padding))
+    assert seen.shape == canvas.shape
+    grown = expand(canvas, sizes[1], padding)  # the next stage's starting canvas
+    seen_after_growth = ops.convert_to_numpy(gaussian_pyramid(ops.convert_to_tensor(
+        expand_to(grown, sizes, 1, padding)), 3, padding)[2])
+    np.testing.assert_allclose(seen_after_growth, seen, atol=1e-3)
+    # within the pixel range (both operators average), smoother than the canvas, not the canvas itself
+    assert seen.min() >= canvas.min() - 1e-3 and seen.max() <= canvas.max() + 1e-3
+    assert np.std(seen) < np.std(canvas)

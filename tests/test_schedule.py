@@ -166,6 +166,12 @@ def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
 
     for name in ("I0005_F0000.png", "I0015_F0000.png", "final_F0000.png"):  # a coarse and a fine snapshot
         assert load_rgb(run_dir / name).shape == (96, 96, 3)
+    # the growth keeps what the coarse stage built: the coarse octave's loss right after it is the one
+    # the coarse stage ended with (pyramid.stage_view), where expanding alone made it 100-1000x
+    coarse, fine = record["stages"]
+    assert coarse["initial_octave_losses"][0] is None
+    assert fine["initial_octave_losses"][1] == pytest.approx(record["octave_loss_history"][9][1], rel=1e-3)
+    assert fine["initial_octave_losses"][0] > 10 * fine["initial_octave_losses"][1]  # level 0: no detail yet
 
 
 def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):

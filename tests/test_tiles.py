@@ -274,3 +274,31 @@ def test_window_gradients_land_on_the_level_through_the_extension():
     assert _runs(-3, 10, 5, wrap=True) == [(0, 2, 3), (3, 0, 5), (8, 0, 2)]
     assert _runs(-3, 10, 5, wrap=False) == [(3, 0, 5)]
     assert _runs(2, 4, 5, wrap=False) == [(0, 2, 3)]
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect"])
+def test_a_host_driven_coarse_stage_sees_its_canvas_through_the_stage_view(padding):
+    # synthesize.through_view wraps a host-driven loss (a tiled one) as the compiled losses are:
+    # loss and gradient of loss(stage_view(x)); checked with a quadratic loss of known gradient
+    import autodiff
+    from keras import ops
+
+    from pyramid import level_sizes, stage_view
+    from synthesize import through_view
+
+    sizes = level_sizes(60, 52, 3, padding)
+    rng = np.random.default_rng(3)
+    weights = rng.uniform(0.5, 2.0, (1, *sizes[2], 3)).astype(np.float32)
+    canvas = rng.uniform(0, 255, (1, *sizes[2], 3)).astype(np.float32)
+
+    def quadratic(v):  # (loss, gradient, aux) as tiles.TiledLoss returns them
+        v = autodiff.to_numpy(v)
+        return float(np.sum(weights * v * v) / 2), autodiff.to_device(weights * v), np.array([1.0], np.float32)
+
+    loss, grad, aux = through_view(quadratic, sizes, 2, padding)(autodiff.to_device(canvas))
+    expected = autodiff.value_and_grad(
+        lambda x: (ops.sum(weights * stage_view(x, sizes, 2, padding) ** 2) / 2, ops.zeros((1,))))
+    want_loss, want_grad, _ = expected(autodiff.to_device(canvas))
+    assert loss == pytest.approx(float(autodiff.to_numpy(want_loss)), rel=1e-5)
+    np.testing.assert_allclose(autodiff.to_numpy(grad), autodiff.to_numpy(want_grad), rtol=1e-4, atol=1e-2)
+    assert list(aux) == [1.0]
