@@ -457,7 +457,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     (its size tells the level). The backend's out-of-memory errors end in
     ``autodiff.DeviceOutOfMemory`` naming the stage's size.
     """
-    from pyramid import expand, gaussian_pyramid, resize_images
+    from pyramid import contract, expand, resize_images
 
     levels = [0] if schedule == "plain" else list(range(octaves - 1, -1, -1))
     if start_level is not None:
@@ -489,10 +489,8 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             on_iteration(progress)
 
         if x_level is None:  # the starting image, brought down to this stage's size:
-            if level > 0 and problem.x0_is_image:  # an image: its pyramid level
-                reduced = autodiff.compile(lambda image: gaussian_pyramid(image, level + 1, problem.padding)[level])
-                with autodiff.out_of_memory_as_error(at_full_size):
-                    x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
+            if level > 0 and problem.x0_is_image:  # an image: the canvas that expands to it best
+                x = contract(x, problem.level_sizes, level, problem.padding)
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time

@@ -90,10 +90,11 @@ def _expand_axis(images, axis: int, n: int, padding: str):
     shape[axis] = n
     frac = frac.reshape(shape).astype(np.float32)
     if isinstance(images, np.ndarray):
-        take = np.take
-    else:  # a backend tensor, inside a compiled loss (``stage_view``)
-        from keras.ops import take
-    return take(images, low, axis=axis) * (1 - frac) + take(images, high, axis=axis) * frac
+        return np.take(images, low, axis=axis) * (1 - frac) + np.take(images, high, axis=axis) * frac
+    from keras import ops  # a backend tensor, inside a compiled loss (``stage_view``)
+
+    frac = ops.cast(frac, images.dtype)
+    return ops.take(images, low, axis=axis) * (1 - frac) + ops.take(images, high, axis=axis) * frac
 
 
 def expand(images, size: tuple[int, int], padding: str):
@@ -124,6 +125,32 @@ def expand_to(images, sizes: list[tuple[int, int]], level: int, padding: str):
     for k in range(level - 1, -1, -1):
         images = expand(images, sizes[k], padding)
     return images
+
+
+def expansion_matrix(m: int, n: int, padding: str) -> np.ndarray:
+    """``expand`` along one axis, from m coarse pixels to n fine ones, as an (n, m) matrix."""
+    return _expand_axis(np.eye(m, dtype=np.float32)[None, :, :, None], 1, n, padding)[0, :, :, 0]
+
+
+def contract(images: np.ndarray, sizes: list[tuple[int, int]], level: int, padding: str) -> np.ndarray:
+    """The canvas of pyramid ``level`` whose expansion to full size (``expand_to``) comes closest to
+    numpy ``images`` (N, sizes[0], C) in least squares: (N, sizes[level], C).
+
+    ``expand_to``'s inverse: a coarse stage's snapshot (its canvas expanded) gives back that canvas,
+    so a run resumed in a coarse stage carries on from what it saved; any other image (--init-image)
+    gets the smooth canvas that expands to it best.
+    """
+    images = np.asarray(images, np.float64)
+    if level == 0:
+        return images.astype(np.float32)
+    per_axis = []
+    for axis in (0, 1):
+        matrix = np.eye(sizes[level][axis])
+        for k in range(level - 1, -1, -1):  # expand_to's order: level -> level - 1 -> ... -> 0
+            matrix = expansion_matrix(sizes[k + 1][axis], sizes[k][axis], padding).astype(np.float64) @ matrix
+        per_axis.append(np.linalg.pinv(matrix))
+    rows, cols = per_axis
+    return np.einsum("ih,nhwc,jw->nijc", rows, images, cols).astype(np.float32)
 
 
 def stage_view(images, sizes: list[tuple[int, int]], level: int, padding: str):

@@ -1,4 +1,5 @@
-"""Image measurements that judge a result beyond its loss: frames at the border, wrap seams."""
+"""Measurements that judge a result beyond its final loss: frames at the border, wrap seams, colours
+the source lacks, and what each coarse-to-fine growth did to the coarse octaves."""
 
 from __future__ import annotations
 
@@ -74,3 +75,27 @@ def colour_outliers_against_source(rgb: np.ndarray, source: np.ndarray, threshol
     top, left = (other.shape[0] - h) // 2, (other.shape[1] - w) // 2
     crop = other[top:top + h, left:left + w]
     return colour_outlier_share(rgb, reference, threshold), colour_outlier_share(crop, reference, threshold)
+
+
+def growth_damage(record: dict, window: int = 10) -> list[dict]:
+    """For each coarse-to-fine stage after the first, in a run.json ``record`` (its ``stages`` and
+    ``octave_loss_history``): how the coarse octaves' losses compare with those the previous stage
+    ended with, right after the growth (``after_growth``) and at worst during the stage's first
+    ``window`` iterations (``first_iterations``); each a list over the coarse octaves (k > the
+    stage's level), finest first. 1 means kept; 100 means a hundredfold worse."""
+    history, done, rows, previous = record["octave_loss_history"], 0, [], None
+    for stage in record["stages"]:
+        n, level = stage["iterations"], stage["level"]
+        if previous is not None and n:
+            coarse = [k for k in range(level + 1, len(previous)) if previous[k]]
+            start = stage.get("initial_octave_losses") or [None] * len(previous)
+            rows.append({
+                "level": level,
+                "after_growth": [start[k] / previous[k] if start[k] is not None else None for k in coarse],
+                "first_iterations": [max(history[done + i][k] for i in range(min(window, n))) / previous[k]
+                                     for k in coarse]})
+        if n:
+            previous = history[done + n - 1]
+        done += n
+    return rows
+

@@ -126,3 +126,17 @@ def test_stage_view_is_the_reduction_of_the_image_a_canvas_grows_into(padding):
     # within the pixel range (both operators average), smoother than the canvas, not the canvas itself
     assert seen.min() >= canvas.min() - 1e-3 and seen.max() <= canvas.max() + 1e-3
     assert np.std(seen) < np.std(canvas)
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect", "same", "circular"])
+def test_contract_undoes_expand_to_and_fits_other_images_smoothly(padding):
+    from pyramid import contract, expand_to, level_sizes
+
+    sizes = level_sizes(70, 62, 3, padding)
+    rng = np.random.default_rng(5)
+    canvas = rng.uniform(0, 255, (2, *sizes[2], 3)).astype(np.float32)
+    np.testing.assert_allclose(contract(expand_to(canvas, sizes, 2, padding), sizes, 2, padding), canvas, atol=1e-2)
+    full = rng.uniform(0, 255, (1, *sizes[0], 3)).astype(np.float32)
+    np.testing.assert_array_equal(contract(full, sizes, 0, padding), full)
+    fit = contract(full, sizes, 1, padding)  # noise: the best fit is near its mean, with less contrast
+    assert fit.shape == (1, *sizes[1], 3) and np.std(fit) < np.std(full) and abs(fit.mean() - full.mean()) < 5

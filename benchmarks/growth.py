@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Print what each coarse-to-fine growth of a run did to its coarse octaves' losses.
+
+    python3 benchmarks/growth.py outputs/out.L2,7.o4.512x512/run.json [--window 10]
+
+One line per growth: the stage's level and, for each coarser octave (finest first), its loss right
+after the growth and at worst in the stage's first WINDOW iterations, as multiples of what the
+previous stage ended with (1: kept).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from quality import growth_damage  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+", type=Path, help="run.json files")
+    parser.add_argument("--window", type=int, default=10, help="first iterations of a stage to look at")
+    args = parser.parse_args(argv)
+    print("run\tlevel\tafter growth\tworst in the first iterations")
+    for path in args.records:
+        for row in growth_damage(json.loads(path.read_text()), args.window):
+            after = " ".join("-" if r is None else f"{r:.3g}x" for r in row["after_growth"])
+            worst = " ".join(f"{r:.3g}x" for r in row["first_iterations"])
+            print(f"{path}\t{row['level']}\t{after}\t{worst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
