@@ -599,7 +599,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from colour import colour_term, source_colour_targets
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import gaussian_pyramid, level_sizes, stage_view
+    from pyramid import gaussian_pyramid, level_sizes, stage_level
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
@@ -713,11 +713,11 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                  colour=(args.colour_weight, colour_targets[first:]) if colour_targets else None)
             evaluate.on_progress = tile_progress
             if first:
-                evaluate = through_view(evaluate, sizes, first, padding)
+                evaluate = through_view(evaluate, sizes, first, padding, pixel_bounds())
             return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
-            seen = stage_view(x, sizes, first, padding) if first else x  # see pyramid.stage_view
+            seen = stage_level(x, sizes, first, padding, pixel_bounds())  # the canvas as its level
             pyramid = gaussian_pyramid(seen, levels, padding)  # once, for the Gram and the colour terms
             total, per_level = loss_per_level(level_grams(pyramid, extractor), stage_targets, stage_weights, levels)
             if colour_targets:
@@ -742,20 +742,20 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    (budget, budget_of))
 
 
-def through_view(evaluate: Callable, sizes, level: int, padding: str) -> Callable:
-    """A host-driven loss (``tiles.TiledLoss``: x -> (loss, grad, aux)) of a coarse stage's canvas
-    seen through ``pyramid.stage_view``, as the compiled losses see it: the view, then the loss,
-    then the gradient carried back through the view (a linear map: its adjoint)."""
+def through_view(evaluate: Callable, sizes, level: int, padding: str, bounds) -> Callable:
+    """A host-driven loss (``tiles.TiledLoss``: (x, extra) -> (loss, grad, aux)) of a coarse stage's
+    canvas seen as its level (``pyramid.stage_level`` within ``bounds``), as the compiled losses see it:
+    the map, then the loss, then the gradient carried back through the map."""
     import autodiff
     from keras import ops
 
-    from pyramid import stage_view
+    from pyramid import stage_level
 
-    view = autodiff.compile(lambda x: stage_view(x, sizes, level, padding))
+    view = autodiff.compile(lambda x: stage_level(x, sizes, level, padding, bounds))
 
     def adjoint(x, cotangent):
-        along = autodiff.value_and_grad(lambda z: (ops.sum(stage_view(z, sizes, level, padding) * cotangent),
-                                                   ops.zeros((0,))))
+        along = autodiff.value_and_grad(lambda z: (ops.sum(stage_level(z, sizes, level, padding, bounds)
+                                                           * cotangent), ops.zeros((0,))))
         return along(x)[1]
 
     adjoint = autodiff.compile(adjoint)
@@ -796,9 +796,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     from optimize import NonFiniteLoss, Progress, optimise
     from outputs import (BackgroundWriter, create_run_dir, frame_file, run_dir_name, snapshot_file,
                          tiled_preview_file, write_json, write_text)
-    from pyramid import expand_to
+    from pyramid import expand_to, host_stage_image
     from quality import seam_ratio
-    from vgg16 import deprocess
+    from vgg16 import deprocess, pixel_bounds
 
     started = time.monotonic()
     problem = prepare(args, reporter.message)
@@ -816,7 +816,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
 
     def save_frames(stem_of_frame, x):
         """Save the frames as the user sees them; returns them, RGB uint8 (count, H, W, 3)."""
-        x = expand_to(x, problem.level_sizes, level_of(x), problem.padding)  # a coarse stage's image, at full size
+        level = level_of(x)  # a coarse stage's canvas: the image it stands for, at full size
+        x = expand_to(host_stage_image(x, problem.level_sizes, level, problem.padding, pixel_bounds()),
+                      problem.level_sizes, level, problem.padding)
         frames = deprocess(x[:, margin:margin + height, margin:margin + width])  # without the hidden margin
         for frame, image in enumerate(frames):
             save_png(run_dir / stem_of_frame(frame), image)

@@ -279,11 +279,11 @@ def test_window_gradients_land_on_the_level_through_the_extension():
 @pytest.mark.parametrize("padding", ["valid", "reflect"])
 def test_a_host_driven_coarse_stage_sees_its_canvas_through_the_stage_view(padding):
     # synthesize.through_view wraps a host-driven loss (a tiled one) as the compiled losses are:
-    # loss and gradient of loss(stage_view(x)); checked with a quadratic loss of known gradient
+    # loss and gradient of loss(stage_level(x)); checked with a quadratic loss of known gradient
     import autodiff
     from keras import ops
 
-    from pyramid import level_sizes, stage_view
+    from pyramid import level_sizes, stage_level
     from synthesize import through_view
 
     sizes = level_sizes(60, 52, 3, padding)
@@ -295,9 +295,9 @@ def test_a_host_driven_coarse_stage_sees_its_canvas_through_the_stage_view(paddi
         v = autodiff.to_numpy(v)
         return float(np.sum(weights * v * v) / 2), autodiff.to_device(weights * v), np.array([1.0], np.float32)
 
-    loss, grad, aux = through_view(quadratic, sizes, 2, padding)(autodiff.to_device(canvas))
+    loss, grad, aux = through_view(quadratic, sizes, 2, padding, None)(autodiff.to_device(canvas))
     expected = autodiff.value_and_grad(
-        lambda x: (ops.sum(weights * stage_view(x, sizes, 2, padding) ** 2) / 2, ops.zeros((1,))))
+        lambda x: (ops.sum(weights * stage_level(x, sizes, 2, padding) ** 2) / 2, ops.zeros((1,))))
     want_loss, want_grad, _ = expected(autodiff.to_device(canvas))
     assert loss == pytest.approx(float(autodiff.to_numpy(want_loss)), rel=1e-5)
     np.testing.assert_allclose(autodiff.to_numpy(grad), autodiff.to_numpy(want_grad), rtol=1e-4, atol=1e-2)
