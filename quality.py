@@ -84,7 +84,7 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
     ``window`` iterations (``first_iterations``); each a list over the coarse octaves (k > the
     stage's level), finest first. 1 means kept; 100 means a hundredfold worse."""
     history, done, rows, previous = record["octave_loss_history"], 0, [], None
-    for stage in record["stages"]:
+    for stage in record.get("stages", []):  # (written when a run ends: none while it runs or if killed)
         n, level = stage["iterations"], stage["level"]
         if previous is not None and n:
             coarse = [k for k in range(level + 1, len(previous)) if previous[k]]
@@ -98,4 +98,3 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
             previous = history[done + n - 1]
         done += n
     return rows
-

@@ -597,6 +597,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
     from gram import join_grams, level_grams, loss_per_level, multiscale_features, term_weights
     from colour import colour_term, source_colour_targets
+    from memory import view_bytes
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
     from pyramid import gaussian_pyramid, level_sizes, stage_level
@@ -642,7 +643,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     def plan_of(first: int):
         """How the stage of pyramid level ``first`` is evaluated (memory.Plan): whole or in tiles."""
         return plan_memory(network, layers, padding, sizes[first:], args.count, budget, budget_of, args.force,
-                           optimised)
+                           optimised, extra=view_bytes(sizes[0], args.count) if first else 0.0)
 
     full = plan_of(0)  # refuses an output that cannot fit even in tiles, before anything is written
     if full.tiled:
@@ -694,7 +695,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     @functools.lru_cache(maxsize=None)
     def stage(first: int) -> Minimiser:
         """The optimiser of a canvas the size of pyramid level ``first``: the same multi-scale loss,
-        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled once;
+        restricted to the levels ``first`` .. octaves-1 that exist at that size, of the canvas seen
+        as level ``first`` (``pyramid.stage_level``; the canvas itself at full size), compiled once;
         computed tile by tile where ``plan_of(first)`` says.
 
         Its loss function reports the (octaves,) style loss per octave, NaN for absent levels.

@@ -168,6 +168,18 @@ def test_memory_plan_whole_tiled_or_refused():
     assert measured.tiled and measured.tiles[0] >= 512 and measured.need <= 8 * 2**30
 
 
+def test_a_coarse_stage_plans_for_its_full_size_view():
+    # a coarse stage's loss builds full-size images (pyramid.stage_level): its plan counts them
+    sizes = level_sizes(2064, 2064, 4, "valid")
+    view = memory.view_bytes(sizes[0], 2)
+    assert view == memory.VIEW_VECTORS * 4 * 2 * 2064 * 2064 * 3
+    alone = memory.plan("vgg19", LAYERS, "valid", sizes[1:], 2, None)
+    viewed = memory.plan("vgg19", LAYERS, "valid", sizes[1:], 2, None, extra=view)
+    assert viewed.need == pytest.approx(alone.need + view)
+    tight = memory.plan("vgg19", LAYERS, "valid", sizes[1:], 2, alone.need + view / 2, extra=view)
+    assert tight.tiled and tight.need <= alone.need + view / 2  # what fitted whole alone must be tiled
+
+
 def test_levels_that_fit_one_at_a_time_but_not_together_are_done_level_by_level(vgg19, example_targets):
     # a budget just below the whole image's need: every level fits whole, not all at once
     sizes = level_sizes(528, 528, 4, "valid")
