@@ -495,8 +495,8 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             if level > 0 and problem.x0_is_image:  # an image: the canvas that stands for it best
                 x = stage_canvas(contract(x, problem.level_sizes, level, problem.padding), problem.level_sizes,
                                  level, problem.padding)
-            else:  # noise: resampled, so that it stays noise of full contrast
-                x = resize_images(x, (h, w))
+            else:  # noise: resampled, so that it stays noise of full contrast; the canvas that stands for it
+                x = stage_canvas(resize_images(x, (h, w)), problem.level_sizes, level, problem.padding)
         else:  # the image the previous stage's canvas stands for, grown one pyramid level at a time
             x = host_stage_image(x, problem.level_sizes, x_level, problem.padding, bounds)
             for finer in range(x_level - 1, level - 1, -1):

@@ -190,7 +190,6 @@ def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
     coarse, fine = record["stages"]
     assert coarse["initial_octave_losses"][0] is None
     assert fine["initial_octave_losses"][1] == pytest.approx(record["octave_loss_history"][9][1], rel=1e-3)
-    assert fine["initial_octave_losses"][0] > 10 * fine["initial_octave_losses"][1]  # level 0: no detail yet
 
 
 def test_every_growth_keeps_the_coarse_octaves(tmp_path: Path):
