@@ -7,6 +7,8 @@ with stride 2.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from padding import EXPLICIT_MODES, filter_padding, pad2d, shrinks
@@ -217,12 +219,11 @@ def stage_canvas(image: np.ndarray, sizes: list[tuple[int, int]], level: int, pa
     ``image`` until it reproduces ``image`` to ``CANVAS_TOLERANCE`` (the view averages, so each round
     shrinks the error by s / (1 + s) or more) or ``rounds`` are done. A weighted average of blurred
     copies of ``image``: within its range of values. The image itself at level 0."""
-    from keras import ops
-
     image = np.asarray(image, np.float32)
     canvas = image
+    view = _host_program("view", tuple(map(tuple, sizes)), level, padding) if level else None
     for _ in range(rounds if level else 0):
-        viewed = ops.convert_to_numpy(stage_view(ops.convert_to_tensor(canvas), sizes, level, padding))
+        viewed = view(canvas)
         if np.max(np.abs((1 + SHARPENING) * canvas - SHARPENING * viewed - image)) <= CANVAS_TOLERANCE:
             break
         canvas = (image + SHARPENING * viewed) / (1 + SHARPENING)
@@ -232,10 +233,25 @@ def stage_canvas(image: np.ndarray, sizes: list[tuple[int, int]], level: int, pa
 def host_stage_image(canvas: np.ndarray, sizes: list[tuple[int, int]], level: int, padding: str,
                      bounds=None) -> np.ndarray:
     """``stage_image`` of a numpy canvas, as numpy."""
-    from keras import ops
+    if level == 0:
+        return np.asarray(canvas, np.float32)
+    bounds = None if bounds is None else tuple(tuple(np.broadcast_to(b, (3,)).tolist()) for b in bounds)
+    return _host_program("image", tuple(map(tuple, sizes)), level, padding, bounds)(canvas)
 
-    return np.asarray(ops.convert_to_numpy(stage_image(ops.convert_to_tensor(np.asarray(canvas, np.float32)),
-                                                       sizes, level, padding, bounds)), np.float32)
+
+@functools.lru_cache(maxsize=None)
+def _host_program(kind: str, sizes, level: int, padding: str, bounds=None):
+    """numpy -> numpy: ``stage_view`` ("view") or ``stage_image`` ("image") compiled once (one
+    program per shape, not one per eager operation: under JAX each would be compiled)."""
+    import autodiff
+
+    sizes = [tuple(size) for size in sizes]
+    if kind == "view":
+        program = autodiff.compile(lambda x: stage_view(x, sizes, level, padding))
+    else:
+        program = autodiff.compile(lambda x: stage_image(x, sizes, level, padding, bounds))
+    return lambda x: np.asarray(autodiff.to_numpy(program(autodiff.to_device(np.asarray(x, np.float32)))),
+                                np.float32)
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
