@@ -25,8 +25,6 @@ BASE_MEMORY = 0.9 * 2**30  # TensorFlow, the weights and the rest of the process
 IMAGE_VECTORS = 8  # image-sized float32 arrays of an L-BFGS step besides the correction pairs
 MEASURED_VECTORS = 2  # without an optimiser (an evaluation, a source): the image, on the host and the device
 TILED_VECTORS = 4  # more when tiled: the extended levels (4/3), a level's gradient on the host, the backward pass
-VIEW_VECTORS = 8  # a coarse stage's full-size arrays (pyramid.stage_level: two expansions to full size, their
-# reductions, kept for the backward pass), in units of the full-size image; an estimate, not measured
 FEWEST_PAIRS = 3  # kept at least, however large the image
 EFFICIENT_TILE = 8  # tiles at least this many halos long: windows at most 1.27x their tile's area
 UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -103,8 +101,7 @@ def largest_tile(room: float, network: str, layers: Sequence[str], padding: str,
 
 def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tuple[int, int]], count: int,
          budget: float | None, what: str = "memory", optimised: bool = True,
-         subject: str = "the output size", remedy: str = "lower --output-width/--output-height or --count",
-         extra: float = 0.0) -> Plan:
+         subject: str = "the output size", remedy: str = "lower --output-width/--output-height or --count") -> Plan:
     """How to evaluate a canvas whose pyramid levels have ``sizes`` (finest first) in ``budget``
     bytes (None: unknown, the whole image). The whole image in one program when it fits with
     ``MEMORY_PAIRS`` pairs; else level by level (``tiles.TiledLoss``), each level whole or in the
@@ -112,7 +109,6 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
     shorter than ``EFFICIENT_TILE`` halos (if no number of pairs gets there, the most pairs that
     fit). ``optimised`` False: an image only measured (a source's targets), no optimiser's arrays.
     Raises UsageError naming ``subject`` and ``remedy`` when not even the smallest tile fits.
-    ``extra``: bytes needed besides, whole or tiled (a coarse stage's full-size view: ``view_bytes``).
     """
     from vgg16 import layer_names
 
@@ -121,20 +117,20 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
     image = count * height * width * 3
     levels = [count * _activations(network, deepest, h, w, padding) for h, w in sizes]
     options = list(range(MEMORY_PAIRS, FEWEST_PAIRS - 1, -1)) if optimised else [None]  # pairs to try
-    whole = _fixed(image, options[0], False) + extra + sum(levels)
+    whole = _fixed(image, options[0], False) + sum(levels)
     if budget is None or whole <= budget:
         return Plan(None, MEMORY_PAIRS, whole)
     smallest, align = _window(network, layers, padding, 1)
     halo = smallest - align
     fitting = []
     for pairs in options:
-        room = budget - _fixed(image, pairs, True) - extra
+        room = budget - _fixed(image, pairs, True)
         tiles = tuple(None if level <= room else largest_tile(room, network, layers, padding, max(h, w))
                       for (h, w), level in zip(sizes, levels, strict=True))
         if any(tile is None and level > room for tile, level in zip(tiles, levels)):
             continue  # some level fits neither whole nor in tiles
         windows = [_window(network, layers, padding, tile // align)[0] for tile in tiles if tile is not None]
-        need = _fixed(image, pairs, True) + extra + max(
+        need = _fixed(image, pairs, True) + max(
             [level for level, tile in zip(levels, tiles) if tile is None]
             + [_activations(network, deepest, window, window, padding) for window in windows])
         fitting.append(Plan(tiles, pairs or MEMORY_PAIRS, need))
@@ -143,11 +139,6 @@ def plan(network: str, layers: Sequence[str], padding: str, sizes: Sequence[tupl
             return fitting[-1]
     if fitting:
         return fitting[0]
-    least = _fixed(image, options[-1], True) + extra + _activations(network, deepest, smallest, smallest, padding)
+    least = _fixed(image, options[-1], True) + _activations(network, deepest, smallest, smallest, padding)
     raise UsageError(f"{subject} needs at least {gib(least)} of {what} (the program, the image's arrays and "
                      f"the smallest tile) but {gib(budget)} is available; {remedy}")
-
-
-def view_bytes(full_size: tuple[int, int], count: int) -> float:
-    """Bytes a coarse-to-fine stage's view of its canvas needs (``VIEW_VECTORS`` full-size images)."""
-    return VIEW_VECTORS * 4.0 * count * full_size[0] * full_size[1] * 3

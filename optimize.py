@@ -447,25 +447,19 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     canvas the size of the coarsest pyramid level with the loss of that level
     alone, then expand the result to the next level's size (``pyramid.expand``)
     and optimise the loss of the levels that exist there, and so on up to full
-    size. A coarse stage's canvas stands for an image (``pyramid.stage_image``);
-    its loss sees that image as the reduction of the full-size image it grows
-    into (``pyramid.stage_level``), and the growth hands the next stage the
-    canvas that stands for the grown image (``pyramid.stage_canvas``), so the
-    coarse octaves' losses stay as they were (``stages[i]["initial_octave_losses"]``
-    against the previous stage's last ``aux_history`` entry; up to pixels the
-    bounds clip). The iterations left are shared by ``stage_budgets``; a stage with none
+    size. The iterations left are shared by ``stage_budgets``; a stage with none
     is skipped. ``start_level``: the stage a resumed run had reached; it carries
     on there (never coarser), from ``x0``, its last saved image. Iterations are
     counted across stages; ``progress.best_x`` is the current stage's image
     (its size tells the level). The backend's out-of-memory errors end in
     ``autodiff.DeviceOutOfMemory`` naming the stage's size.
     """
-    from pyramid import contract, expand, host_stage_image, resize_images, stage_canvas
+    from pyramid import expand, gaussian_pyramid, resize_images
 
     levels = [0] if schedule == "plain" else list(range(octaves - 1, -1, -1))
     if start_level is not None:
         levels = [level for level in levels if level <= start_level]
-    x, x_level, bounds = problem.x0, None, None
+    x, x_level = problem.x0, None
     at_full_size = "at {1}x{0}".format(*problem.level_sizes[0])
     if levels != [0]:  # the run's starting loss is the full-size loss of the starting canvas
         with autodiff.out_of_memory_as_error(at_full_size):
@@ -492,22 +486,19 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             on_iteration(progress)
 
         if x_level is None:  # the starting image, brought down to this stage's size:
-            if level > 0 and problem.x0_is_image:  # an image: the canvas that stands for it best
-                x = stage_canvas(contract(x, problem.level_sizes, level, problem.padding), problem.level_sizes,
-                                 level, problem.padding)
-            else:  # noise: resampled, so that it stays noise of full contrast; the canvas that stands for it
-                x = stage_canvas(resize_images(x, (h, w)), problem.level_sizes, level, problem.padding)
-        else:  # the image the previous stage's canvas stands for, grown one pyramid level at a time
-            x = host_stage_image(x, problem.level_sizes, x_level, problem.padding, bounds)
+            if level > 0 and problem.x0_is_image:  # an image: its pyramid level
+                reduced = autodiff.compile(lambda image: gaussian_pyramid(image, level + 1, problem.padding)[level])
+                with autodiff.out_of_memory_as_error(at_full_size):
+                    x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
+            else:  # noise: resampled, so that it stays noise of full contrast
+                x = resize_images(x, (h, w))
+        else:  # the previous stage's result, grown one pyramid level at a time
             for finer in range(x_level - 1, level - 1, -1):
                 x = expand(x, problem.level_sizes[finer], problem.padding)
-            x = stage_canvas(x, problem.level_sizes, level, problem.padding)
         x_level = level
         try:
             with autodiff.out_of_memory_as_error(f"at {w}x{h}"):
-                minimiser = problem.stage(level)
-                bounds = (minimiser.low, minimiser.high)  # the pixel range, also of the image grown from it
-                minimiser.run(x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage)
+                problem.stage(level).run(x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage)
         finally:
             if len(levels) == 1:
                 progress.initial_loss = stage.initial_loss

@@ -597,10 +597,9 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
     from gram import join_grams, level_grams, loss_per_level, multiscale_features, term_weights
     from colour import colour_term, source_colour_targets
-    from memory import view_bytes
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import gaussian_pyramid, level_sizes, stage_level
+    from pyramid import gaussian_pyramid, level_sizes
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
@@ -643,7 +642,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     def plan_of(first: int):
         """How the stage of pyramid level ``first`` is evaluated (memory.Plan): whole or in tiles."""
         return plan_memory(network, layers, padding, sizes[first:], args.count, budget, budget_of, args.force,
-                           optimised, extra=view_bytes(sizes[0], args.count) if first else 0.0)
+                           optimised)
 
     full = plan_of(0)  # refuses an output that cannot fit even in tiles, before anything is written
     if full.tiled:
@@ -695,8 +694,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     @functools.lru_cache(maxsize=None)
     def stage(first: int) -> Minimiser:
         """The optimiser of a canvas the size of pyramid level ``first``: the same multi-scale loss,
-        restricted to the levels ``first`` .. octaves-1 that exist at that size, of the canvas seen
-        as level ``first`` (``pyramid.stage_level``; the canvas itself at full size), compiled once;
+        restricted to the levels ``first`` .. octaves-1 that exist at that size, compiled once;
         computed tile by tile where ``plan_of(first)`` says.
 
         Its loss function reports the (octaves,) style loss per octave, NaN for absent levels.
@@ -714,13 +712,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                  host_targets[first * len(layers):], stage_weights, args.count, inter, absent=first,
                                  colour=(args.colour_weight, colour_targets[first:]) if colour_targets else None)
             evaluate.on_progress = tile_progress
-            if first:
-                evaluate = through_view(evaluate, sizes, first, padding, pixel_bounds())
             return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
-            seen = stage_level(x, sizes, first, padding, pixel_bounds())  # the canvas as its level
-            pyramid = gaussian_pyramid(seen, levels, padding)  # once, for the Gram and the colour terms
+            pyramid = gaussian_pyramid(x, levels, padding)  # once, for the Gram and the colour terms
             total, per_level = loss_per_level(level_grams(pyramid, extractor), stage_targets, stage_weights, levels)
             if colour_targets:
                 total = total + colour_term(pyramid, colour_targets[first:], args.colour_weight)
@@ -742,31 +737,6 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
                    (budget, budget_of))
-
-
-def through_view(evaluate: Callable, sizes, level: int, padding: str, bounds) -> Callable:
-    """A host-driven loss (``tiles.TiledLoss``: (x, extra) -> (loss, grad, aux)) of a coarse stage's
-    canvas seen as its level (``pyramid.stage_level`` within ``bounds``), as the compiled losses see it:
-    the map, then the loss, then the gradient carried back through the map."""
-    import autodiff
-    from keras import ops
-
-    from pyramid import stage_level
-
-    view = autodiff.compile(lambda x: stage_level(x, sizes, level, padding, bounds))
-
-    def adjoint(x, cotangent):
-        along = autodiff.value_and_grad(lambda z: (ops.sum(stage_level(z, sizes, level, padding, bounds)
-                                                           * cotangent), ops.zeros((0,))))
-        return along(x)[1]
-
-    adjoint = autodiff.compile(adjoint)
-
-    def seen(x):
-        loss, grad, aux = evaluate(view(x))
-        return loss, adjoint(x, grad), aux
-
-    return seen
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:
@@ -798,9 +768,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     from optimize import NonFiniteLoss, Progress, optimise
     from outputs import (BackgroundWriter, create_run_dir, frame_file, run_dir_name, snapshot_file,
                          tiled_preview_file, write_json, write_text)
-    from pyramid import expand_to, host_stage_image
+    from pyramid import expand_to
     from quality import seam_ratio
-    from vgg16 import deprocess, pixel_bounds
+    from vgg16 import deprocess
 
     started = time.monotonic()
     problem = prepare(args, reporter.message)
@@ -818,9 +788,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
 
     def save_frames(stem_of_frame, x):
         """Save the frames as the user sees them; returns them, RGB uint8 (count, H, W, 3)."""
-        level = level_of(x)  # a coarse stage's canvas: the image it stands for, at full size
-        x = expand_to(host_stage_image(x, problem.level_sizes, level, problem.padding, pixel_bounds()),
-                      problem.level_sizes, level, problem.padding)
+        x = expand_to(x, problem.level_sizes, level_of(x), problem.padding)  # a coarse stage's image, at full size
         frames = deprocess(x[:, margin:margin + height, margin:margin + width])  # without the hidden margin
         for frame, image in enumerate(frames):
             save_png(run_dir / stem_of_frame(frame), image)

@@ -168,18 +168,6 @@ def test_memory_plan_whole_tiled_or_refused():
     assert measured.tiled and measured.tiles[0] >= 512 and measured.need <= 8 * 2**30
 
 
-def test_a_coarse_stage_plans_for_its_full_size_view():
-    # a coarse stage's loss builds full-size images (pyramid.stage_level): its plan counts them
-    sizes = level_sizes(2064, 2064, 4, "valid")
-    view = memory.view_bytes(sizes[0], 2)
-    assert view == memory.VIEW_VECTORS * 4 * 2 * 2064 * 2064 * 3
-    alone = memory.plan("vgg19", LAYERS, "valid", sizes[1:], 2, None)
-    viewed = memory.plan("vgg19", LAYERS, "valid", sizes[1:], 2, None, extra=view)
-    assert viewed.need == pytest.approx(alone.need + view)
-    tight = memory.plan("vgg19", LAYERS, "valid", sizes[1:], 2, alone.need + view / 2, extra=view)
-    assert tight.tiled and tight.need <= alone.need + view / 2  # what fitted whole alone must be tiled
-
-
 def test_levels_that_fit_one_at_a_time_but_not_together_are_done_level_by_level(vgg19, example_targets):
     # a budget just below the whole image's need: every level fits whole, not all at once
     sizes = level_sizes(528, 528, 4, "valid")
@@ -286,31 +274,3 @@ def test_window_gradients_land_on_the_level_through_the_extension():
     assert _runs(-3, 10, 5, wrap=True) == [(0, 2, 3), (3, 0, 5), (8, 0, 2)]
     assert _runs(-3, 10, 5, wrap=False) == [(3, 0, 5)]
     assert _runs(2, 4, 5, wrap=False) == [(0, 2, 3)]
-
-
-@pytest.mark.parametrize("padding", ["valid", "reflect"])
-def test_a_host_driven_coarse_stage_sees_its_canvas_through_the_stage_view(padding):
-    # synthesize.through_view wraps a host-driven loss (a tiled one) as the compiled losses are:
-    # loss and gradient of loss(stage_level(x)); checked with a quadratic loss of known gradient
-    import autodiff
-    from keras import ops
-
-    from pyramid import level_sizes, stage_level
-    from synthesize import through_view
-
-    sizes = level_sizes(60, 52, 3, padding)
-    rng = np.random.default_rng(3)
-    weights = rng.uniform(0.5, 2.0, (1, *sizes[2], 3)).astype(np.float32)
-    canvas = rng.uniform(0, 255, (1, *sizes[2], 3)).astype(np.float32)
-
-    def quadratic(v):  # (loss, gradient, aux) as tiles.TiledLoss returns them
-        v = autodiff.to_numpy(v)
-        return float(np.sum(weights * v * v) / 2), autodiff.to_device(weights * v), np.array([1.0], np.float32)
-
-    loss, grad, aux = through_view(quadratic, sizes, 2, padding, None)(autodiff.to_device(canvas))
-    expected = autodiff.value_and_grad(
-        lambda x: (ops.sum(weights * stage_level(x, sizes, 2, padding) ** 2) / 2, ops.zeros((1,))))
-    want_loss, want_grad, _ = expected(autodiff.to_device(canvas))
-    assert loss == pytest.approx(float(autodiff.to_numpy(want_loss)), rel=1e-5)
-    np.testing.assert_allclose(autodiff.to_numpy(grad), autodiff.to_numpy(want_grad), rtol=1e-4, atol=1e-2)
-    assert list(aux) == [1.0]
