@@ -25,7 +25,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print("run\tlevel\tafter growth\tworst in the first iterations")
     for path in args.records:
-        for row in growth_damage(json.loads(path.read_text()), args.window):
+        try:
+            rows = growth_damage(json.loads(path.read_text()), args.window)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            print(f"growth.py: error: {path}: not a readable run.json ({err})", file=sys.stderr)
+            return 1
+        for row in rows:
             after = " ".join("-" if r is None else f"{r:.3g}x" for r in row["after_growth"])
             worst = " ".join(f"{r:.3g}x" for r in row["first_iterations"])
             print(f"{path}\t{row['level']}\t{after}\t{worst}")
