@@ -98,3 +98,12 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
             previous = history[done + n - 1]
         done += n
     return rows
+
+
+def worst_growth(rows: list[dict]) -> tuple[float | None, float | None]:
+    """The largest multiple over all growths and coarse octaves of ``growth_damage``'s rows:
+    (right after a growth, during a stage's first iterations); None where there is none (a plain
+    run, or a growth without its starting losses)."""
+    after = [r for row in rows for r in row["after_growth"] if r is not None]
+    first = [r for row in rows for r in row["first_iterations"]]
+    return (max(after) if after else None), (max(first) if first else None)

@@ -9,8 +9,11 @@ Per source and variant (each run in a fresh process, into --output-dir): the sha
 than 20 RGB units from every colour of the source's left half (``quality.colour_outlier_share``)
 and that share for a crop of the source's right half of the same size (a real photo's score); the
 luminance and contrast ratios of the 4 px and 12 px border bands over the centre
-(``quality.frame_ratios``: 1 = no frame); the run's final Gram loss and its seconds. Prints a
-Markdown table and writes it as JSON beside the runs.
+(``quality.frame_ratios``: 1 = no frame); what the coarse-to-fine growths did to the coarse octaves'
+losses at worst, right after a growth and in a stage's first 10 iterations, as multiples of what
+the previous stage left them at (``quality.worst_growth``, see ``benchmarks/growth.py``; "-" for a
+plain run); the run's final Gram loss and its seconds. Prints a Markdown table and writes it as
+JSON beside the runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from images import load_rgb  # noqa: E402
-from quality import colour_outliers_against_source, frame_ratios  # noqa: E402
+from quality import colour_outliers_against_source, frame_ratios, growth_damage, worst_growth  # noqa: E402
 
 BANDS = (4, 12)
 
@@ -49,8 +52,15 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
         raise SystemExit(f"picture_quality.py: error: synthesize.py failed on {source} with {' '.join(options)}")
     record = json.loads(next(out.glob("*/run.json")).read_text())
     image = Path(record["output_dir"]) / "final_F0000.png"
+    growth, first_iterations = worst_growth(growth_damage(record))
     return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
-            **measure(source, image), "image": str(image)}
+            **measure(source, image), "growth": growth, "growth_first_iterations": first_iterations,
+            "image": str(image)}
+
+
+def multiple(value: float | None) -> str:
+    """A growth multiple for the table: 842x, 1.5x; "-" for none."""
+    return "-" if value is None else f"{value:.3g}x"
 
 
 def main(argv=None) -> int:
@@ -64,8 +74,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     variants = args.variant or [""]
     rows = []
-    print("| source | variant | outliers | source crop | lum 4 | contrast 4 | lum 12 | contrast 12 | Gram loss | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| source | variant | outliers | source crop | lum 4 | contrast 4 | lum 12 | contrast 12 | growth | "
+          "first 10 | Gram loss | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for source in args.sources:
         for number, variant in enumerate(variants):
             out = args.output_dir / f"{source.stem}.{args.size}.v{number}"
@@ -76,6 +87,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"| {source.name} | `{variant or '(none)'}` | {row['outliers']:.3%} | {row['source_crop']:.3%} | "
                   + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
+                  + f" | {multiple(row['growth'])} | {multiple(row['growth_first_iterations'])}"
                   + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"picture_quality.{args.size}.json").write_text(json.dumps(rows, indent=1))

@@ -161,6 +161,16 @@ def test_growth_damage_compares_each_stage_with_the_last_iteration_before_it():
     assert growth_damage({"octave_loss_history": []}) == []  # a run still going: no stages yet
 
 
+def test_worst_growth_is_the_largest_multiple_over_growths_and_octaves():
+    from quality import worst_growth
+
+    rows = [{"level": 1, "after_growth": [3.0], "first_iterations": [40.0]},
+            {"level": 0, "after_growth": [None, 7.0], "first_iterations": [2.0, 5.0]}]
+    assert worst_growth(rows) == (7.0, 40.0)
+    assert worst_growth([]) == (None, None)  # a plain run: no growths
+    assert worst_growth([{"level": 0, "after_growth": [None], "first_iterations": [2.0]}]) == (None, 2.0)
+
+
 # ---------------------------------------------------------------- real runs
 
 
