@@ -33,6 +33,7 @@ NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
 MARGIN_CAP = 32  # the default hidden border (px per side) is the deepest layer's reach, at most this
 MAX_MARGIN = 256  # larger --margin values are refused
+MIN_POSITIONS = 64  # an octave whose deepest layer has fewer positions than this is warned about
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
 
@@ -398,6 +399,27 @@ def check_size(what: str, height: int, width: int, network: str, layers, octaves
         )
 
 
+def sparse_octaves(sizes, network: str, deepest: str, padding: str) -> list[tuple[int, tuple, tuple]]:
+    """The pyramid levels at which layer ``deepest`` has fewer than MIN_POSITIONS positions:
+    (level, its (height, width), the layer's (rows, columns) there), for ``sizes``, the (height,
+    width) of every level, level 0 first.
+
+    A Gram matrix averages its layer's features over the positions; from a few it is no texture
+    statistic (from one, the outer product of a single feature vector, of rank 1) and cannot come
+    near the source's, whose loss then dominates the run and pulls the whole picture. The tissue
+    photo, valid padding, 4 octaves: colours it lacks on 0.25%, 0.18%, 0.10% and 0.015% of the
+    pixels with block3_conv2 seeing the coarsest level at 1x1, 3x3, 5x5 and 9x9 positions (256,
+    320, 384 and 512 px; README, Limitations), 0.03-0.05% with --octaves 3 at 256 and 320 px."""
+    from vgg16 import layer_sizes
+
+    sparse = []
+    for level, (h, w) in enumerate(sizes):
+        rows, columns = layer_sizes(network, deepest, h, w, padding)[-1]
+        if rows * columns < MIN_POSITIONS:
+            sparse.append((level, (h, w), (rows, columns)))
+    return sparse
+
+
 def tile_multiple(network: str, deepest: str, octaves: int) -> int:
     """With --tile, width and height must be multiples of this: ``2^(octaves - 1 + pools)``.
 
@@ -636,6 +658,14 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
     sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
+    deepest = layer_name(network, max(args.layers))
+    for level, (h, w), (rows, columns) in sparse_octaves(sizes, network, deepest, padding):
+        remedies = ["a larger output"] + [f"--octaves {level}"] * (level > 0) + (
+            ["--padding-mode reflect"] if padding == "valid" else [])
+        log(f"warning: octave {level + 1} of --octaves {args.octaves} is {w}x{h} px, where {deepest} has only "
+            f"{columns}x{rows} position(s), too few for its Gram matrices to stand for the source's texture; "
+            f"their loss can then dominate and pull the whole picture (colours the source lacks); "
+            f"{' or '.join(remedies)} avoids it")
     budget, budget_of = memory_budget(args)
 
     @functools.lru_cache(maxsize=None)

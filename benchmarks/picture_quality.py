@@ -59,8 +59,10 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
 
 
 def multiple(value: float | None) -> str:
-    """A growth multiple for the table: 842x, 1.5x; "-" for none."""
-    return "-" if value is None else f"{value:.3g}x"
+    """A growth multiple for the table: 4245x, 1.5x; "-" for none."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}x" if value >= 100 else f"{value:.3g}x"
 
 
 def main(argv=None) -> int:

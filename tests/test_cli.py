@@ -70,7 +70,32 @@ def test_small_real_run_in_process(tmp_path, capsys):
     assert record["iterations"] == 30
     assert record["final_loss"] < 0.1 * record["initial_loss"]
     assert record["args"]["output_height"] == 80
-    assert str(run_dir) in capsys.readouterr().out  # the summary line names the directory
+    captured = capsys.readouterr()
+    assert str(run_dir) in captured.out  # the summary line names the directory
+    assert "warning" not in captured.err  # every octave has enough positions (see the next test)
+
+
+def test_octaves_with_too_few_positions_are_named():
+    from pyramid import level_sizes
+    from synthesize import sparse_octaves
+
+    # 256 px plus the 16 px margin, valid padding, 4 octaves: block3_conv2 sees the coarsest level
+    # (33 px) at one position, at 384 px at 5x5; at 512 px (9x9 positions there) or with reflect
+    # padding every octave has enough
+    assert sparse_octaves(level_sizes(288, 288, 4, "valid"), "vgg19", "block3_conv2", "valid") == [
+        (3, (33, 33), (1, 1))]
+    assert sparse_octaves(level_sizes(416, 352, 4, "valid"), "vgg19", "block3_conv2", "valid") == [
+        (3, (49, 41), (5, 3))]
+    assert sparse_octaves(level_sizes(544, 544, 4, "valid"), "vgg19", "block3_conv2", "valid") == []
+    assert sparse_octaves(level_sizes(288, 288, 4, "reflect"), "vgg19", "block3_conv2", "reflect") == []
+
+
+def test_an_octave_with_too_few_positions_is_warned_about(tmp_path, capsys):
+    # 35 px is the smallest output 2 octaves allow: the second level gives block3_conv2 one position
+    assert main(small_run_args(tmp_path, "-ow", "35", "-m", "1")) == 0
+    err = capsys.readouterr().err
+    assert "warning: octave 2 of --octaves 2 is 32x32 px, where block3_conv2 has only 1x1 position(s)" in err
+    assert "a larger output or --octaves 1 or --padding-mode reflect avoids it" in err
 
 
 def test_small_real_run_as_subprocess_never_reuses_a_directory(tmp_path):
