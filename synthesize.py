@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -596,6 +596,7 @@ class Problem:
     plan: Callable | None = None  # first level -> memory.Plan of that stage: whole or in tiles
     tile_progress: TileProgress | None = None  # told how far a tiled evaluation has got
     budget: tuple = (None, "memory")  # (bytes the run may use, what they are)
+    warnings: list = field(default_factory=list)  # what prepare warned about (run.json's "warnings")
 
 
 class TileProgress:
@@ -628,6 +629,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                        require_layers)
 
     autodiff.init_backend(args.backend, verbose=args.debug, deterministic=args.random_seed is not None)
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        """Tell the user now (stderr) and record it for run.json."""
+        warnings.append(text)
+        log(f"warning: {text}")
+
     width, height = args.output_width, args.output_height
     sources = load_sources(args)
     animated = args.count > 1
@@ -662,7 +670,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     for level, (h, w), (rows, columns) in sparse_octaves(sizes, network, deepest, padding):
         remedies = ["a larger output"] + [f"--octaves {level}"] * (level > 0) + (
             ["--padding-mode reflect"] if padding == "valid" else [])
-        log(f"warning: octave {level + 1} of --octaves {args.octaves} is {w}x{h} px, where {deepest} has only "
+        warn(f"octave {level + 1} of --octaves {args.octaves} is {w}x{h} px, where {deepest} has only "
             f"{columns}x{rows} position(s), too few for its Gram matrices to stand for the source's texture; "
             f"their loss can then dominate and pull the whole picture (colours the source lacks); "
             f"{' or '.join(remedies)} avoids it")
@@ -713,7 +721,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         log(f"inter-frame target distance {target:.4g} (--if-shift {args.if_shift} px on {sources[0][0]}; "
             f"unrelated images would be {unrelated:.4g} apart)")
         for warning in unreachable_targets(target, unrelated, args.count, args.if_order):
-            log(f"warning: {warning}")
+            warn(warning)
 
     tile_progress = TileProgress()
 
@@ -766,7 +774,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
-                   (budget, budget_of))
+                   (budget, budget_of), warnings)
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:
@@ -833,7 +841,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         "random_seed": problem.random_seed,
         "args": {**vars(args)}, "command": ["synthesize.py", *argv],
         "sources": [str(p) for p, _ in problem.sources], "output_dir": str(run_dir),
-        "resumed_from": args.resume, "start_iteration": args.start_iteration,
+        "resumed_from": args.resume, "start_iteration": args.start_iteration, "warnings": problem.warnings,
     }
 
     writer = BackgroundWriter()  # snapshots and their run.json, while the optimisation goes on

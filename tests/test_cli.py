@@ -72,7 +72,8 @@ def test_small_real_run_in_process(tmp_path, capsys):
     assert record["args"]["output_height"] == 80
     captured = capsys.readouterr()
     assert str(run_dir) in captured.out  # the summary line names the directory
-    assert "warning" not in captured.err  # every octave has enough positions (see the next test)
+    warned = [line[len("warning: "):] for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert record["warnings"] == warned  # what stderr said, for scripts
 
 
 def test_octaves_with_too_few_positions_are_named():
@@ -96,6 +97,9 @@ def test_an_octave_with_too_few_positions_is_warned_about(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: octave 2 of --octaves 2 is 32x32 px, where block3_conv2 has only 1x1 position(s)" in err
     assert "a larger output or --octaves 1 or --padding-mode reflect avoids it" in err
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")]
+    (warning,) = record["warnings"]  # for scripts, as on stderr
+    assert warning.startswith("octave 2 of --octaves 2 is 32x32 px") and f"warning: {warning}" in err
 
 
 def test_small_real_run_as_subprocess_never_reuses_a_directory(tmp_path):
