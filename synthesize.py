@@ -420,6 +420,29 @@ def sparse_octaves(sizes, network: str, deepest: str, padding: str) -> list[tupl
     return sparse
 
 
+def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str, hidden: int = 0) -> int:
+    """The smallest square side >= ``side`` (plus ``hidden`` pixels of margin) at which no octave is
+    in ``sparse_octaves``."""
+    from pyramid import level_sizes
+
+    while sparse_octaves(level_sizes(side + hidden, side + hidden, octaves, padding), network, deepest, padding):
+        side += 1
+    return side
+
+
+def sparse_warning(subject: str, sparse: list, deepest: str, octaves: int, padding: str, larger: str) -> str:
+    """The warning about ``subject``'s ``sparse_octaves``, with the ways to avoid them: ``larger`` (the
+    size that would do), fewer --octaves, reflect padding."""
+    first = sparse[0][0]
+    seen = ", ".join(f"octave {level + 1} ({w}x{h} px) at {columns}x{rows}"
+                     for level, (h, w), (rows, columns) in sparse)
+    remedies = [larger] + [f"--octaves {first}"] * (first > 0) + (
+        ["--padding-mode reflect"] if padding == "valid" else [])
+    return (f"{subject}: with --octaves {octaves}, {deepest} sees {seen} position(s), too few for a Gram matrix "
+            f"to stand for a texture (fewer than {MIN_POSITIONS}); their loss can then dominate and pull the whole "
+            f"picture (colours the source lacks); {' or '.join(remedies)} avoids it")
+
+
 def tile_multiple(network: str, deepest: str, octaves: int) -> int:
     """With --tile, width and height must be multiples of this: ``2^(octaves - 1 + pools)``.
 
@@ -596,7 +619,7 @@ class Problem:
     plan: Callable | None = None  # first level -> memory.Plan of that stage: whole or in tiles
     tile_progress: TileProgress | None = None  # told how far a tiled evaluation has got
     budget: tuple = (None, "memory")  # (bytes the run may use, what they are)
-    warnings: list = field(default_factory=list)  # what prepare warned about (run.json's "warnings")
+    warnings: list = field(default_factory=list)  # what the user should know before it runs (run.json's too)
 
 
 class TileProgress:
@@ -629,13 +652,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                        require_layers)
 
     autodiff.init_backend(args.backend, verbose=args.debug, deterministic=args.random_seed is not None)
-    warnings: list[str] = []
-
-    def warn(text: str) -> None:
-        """Tell the user now (stderr) and record it for run.json."""
-        warnings.append(text)
-        log(f"warning: {text}")
-
+    warnings: list[str] = []  # shown by run once every check has passed (an error stays one line)
     width, height = args.output_width, args.output_height
     sources = load_sources(args)
     animated = args.count > 1
@@ -649,15 +666,16 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         if layer >= len(names):
             raise UsageError(f"--layers {layer}: out of range for {network} (0..{len(names) - 1})")
     layers = [layer_name(network, layer) for layer in args.layers]
-    require_layers(loaded, layer_name(network, max(args.layers)))
+    deepest = layer_name(network, max(args.layers))
+    require_layers(loaded, deepest)
     if args.margin is None:  # resolved here, where the network is known; run.json records it
-        args.margin = default_margin(network, layer_name(network, max(args.layers)))
+        args.margin = default_margin(network, deepest)
     margin = args.margin
     canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     # the synthesised image's boundary; the sources' targets always use --padding-mode
     padding = TILE_PADDING if args.tile else args.padding_mode
     if args.tile:
-        check_tile_size(height, width, network, layer_name(network, max(args.layers)), args.octaves)
+        check_tile_size(height, width, network, deepest, args.octaves)
     check_size("the output (--output-width/--output-height)", height, width, network, layers, args.octaves,
                padding, "make the output larger, lower --octaves, or use --padding-mode reflect", margin)
     for path, rgb in sources:
@@ -666,14 +684,18 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
     sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
-    deepest = layer_name(network, max(args.layers))
-    for level, (h, w), (rows, columns) in sparse_octaves(sizes, network, deepest, padding):
-        remedies = ["a larger output"] + [f"--octaves {level}"] * (level > 0) + (
-            ["--padding-mode reflect"] if padding == "valid" else [])
-        warn(f"octave {level + 1} of --octaves {args.octaves} is {w}x{h} px, where {deepest} has only "
-            f"{columns}x{rows} position(s), too few for its Gram matrices to stand for the source's texture; "
-            f"their loss can then dominate and pull the whole picture (colours the source lacks); "
-            f"{' or '.join(remedies)} avoids it")
+    sparse = sparse_octaves(sizes, network, deepest, padding)
+    if sparse:
+        side = dense_side(min(height, width), network, deepest, args.octaves, padding, 2 * margin)
+        warnings.append(sparse_warning("the output (with its hidden margin)", sparse, deepest, args.octaves,
+                                       padding, f"an output of at least {side}x{side}"))
+    for path, rgb in sources:
+        sparse = sparse_octaves(level_sizes(*rgb.shape[:2], args.octaves, args.padding_mode), network, deepest,
+                                args.padding_mode)
+        if sparse:
+            side = dense_side(min(rgb.shape[:2]), network, deepest, args.octaves, args.padding_mode)
+            warnings.append(sparse_warning(f"--source {path}", sparse, deepest, args.octaves, args.padding_mode,
+                                           f"a source of at least {side}x{side} (--source-width)"))
     budget, budget_of = memory_budget(args)
 
     @functools.lru_cache(maxsize=None)
@@ -721,7 +743,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         log(f"inter-frame target distance {target:.4g} (--if-shift {args.if_shift} px on {sources[0][0]}; "
             f"unrelated images would be {unrelated:.4g} apart)")
         for warning in unreachable_targets(target, unrelated, args.count, args.if_order):
-            warn(warning)
+            warnings.append(warning)
 
     tile_progress = TileProgress()
 
@@ -819,6 +841,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         source_width=args.source_width, count=args.count, if_shift=args.if_shift, mul=args.mul,
         join_mode=args.join_mode, tile=args.tile))
     write_text(run_dir / "Acommand.txt", " ".join(shlex.quote(a) for a in ["synthesize.py", *argv]) + "\n")
+    for warning in problem.warnings:  # after every check: an error stays one line
+        reporter.message(f"warning: {warning}")
 
     def level_of(x) -> int:
         """The pyramid level whose size x (count, h, w, 3) has: a coarse-to-fine stage's image."""

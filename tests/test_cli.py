@@ -73,33 +73,49 @@ def test_small_real_run_in_process(tmp_path, capsys):
     captured = capsys.readouterr()
     assert str(run_dir) in captured.out  # the summary line names the directory
     warned = [line[len("warning: "):] for line in captured.err.splitlines() if line.startswith("warning: ")]
-    assert record["warnings"] == warned  # what stderr said, for scripts
+    assert len(warned) == 1 and record["warnings"] == warned  # what stderr said, for scripts
+    # (the second octave, 62x54 px with the margin, gives block3_conv2 8x6 positions, under 64)
 
 
 def test_octaves_with_too_few_positions_are_named():
     from pyramid import level_sizes
-    from synthesize import sparse_octaves
+    from synthesize import dense_side, sparse_octaves
+
+    def sparse(side: int, padding: str = "valid") -> list:
+        return sparse_octaves(level_sizes(side, side, 4, padding), "vgg19", "block3_conv2", padding)
 
     # 256 px plus the 16 px margin, valid padding, 4 octaves: block3_conv2 sees the coarsest level
     # (33 px) at one position, at 384 px at 5x5; at 512 px (9x9 positions there) or with reflect
     # padding every octave has enough
-    assert sparse_octaves(level_sizes(288, 288, 4, "valid"), "vgg19", "block3_conv2", "valid") == [
-        (3, (33, 33), (1, 1))]
-    assert sparse_octaves(level_sizes(416, 352, 4, "valid"), "vgg19", "block3_conv2", "valid") == [
-        (3, (49, 41), (5, 3))]
-    assert sparse_octaves(level_sizes(544, 544, 4, "valid"), "vgg19", "block3_conv2", "valid") == []
-    assert sparse_octaves(level_sizes(288, 288, 4, "reflect"), "vgg19", "block3_conv2", "reflect") == []
+    assert sparse(288) == [(3, (33, 33), (1, 1))]
+    assert sparse(416) == [(3, (49, 49), (5, 5))]
+    assert sparse(544) == [] and sparse(288, "reflect") == []
+    assert sparse(128, "reflect") == [(3, (16, 16), (4, 4))]
+    # the smallest output that would do: 469 px (501 with the margin), and not one pixel less
+    assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 32) == 469
+    assert sparse(501) == [] and sparse(500) != []
 
 
-def test_an_octave_with_too_few_positions_is_warned_about(tmp_path, capsys):
-    # 35 px is the smallest output 2 octaves allow: the second level gives block3_conv2 one position
-    assert main(small_run_args(tmp_path, "-ow", "35", "-m", "1")) == 0
+def test_octaves_with_too_few_positions_are_warned_about_once_the_checks_pass(tmp_path, capsys):
+    # 35 px is the smallest output 2 octaves allow, 67 px the smallest source: the second level of
+    # each gives block3_conv2 one position
+    assert main(small_run_args(tmp_path, "-ow", "35", "-sw", "67", "-m", "1")) == 0
     err = capsys.readouterr().err
-    assert "warning: octave 2 of --octaves 2 is 32x32 px, where block3_conv2 has only 1x1 position(s)" in err
-    assert "a larger output or --octaves 1 or --padding-mode reflect avoids it" in err
+    assert ("warning: the output (with its hidden margin): with --octaves 2, block3_conv2 sees octave 2 "
+            "(32x32 px) at 1x1 position(s)") in err
+    assert "an output of at least 91x91 or --octaves 1 or --padding-mode reflect avoids it" in err
+    assert f"warning: --source {EXAMPLE}: with --octaves 2, block3_conv2 sees octave 2 (32x32 px) at 1x1" in err
+    assert "a source of at least 123x123 (--source-width) or --octaves 1" in err
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")]
-    (warning,) = record["warnings"]  # for scripts, as on stderr
-    assert warning.startswith("octave 2 of --octaves 2 is 32x32 px") and f"warning: {warning}" in err
+    assert [f"warning: {w}" for w in record["warnings"]] == [
+        line for line in err.splitlines() if line.startswith("warning: ")]  # for scripts, as on stderr
+    # bad input is still one line, without the warnings: they come once every check has passed
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    assert main(small_run_args(blocker, "-ow", "35", "-sw", "67", "-m", "1")) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"--output-dir {blocker}" in line and blocker.read_text() == "keep me"
+
 
 
 def test_small_real_run_as_subprocess_never_reuses_a_directory(tmp_path):
