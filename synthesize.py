@@ -430,14 +430,23 @@ def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str
     return side
 
 
-def sparse_warning(subject: str, sparse: list, deepest: str, octaves: int, padding: str, larger: str) -> str:
-    """The warning about ``subject``'s ``sparse_octaves``, with the ways to avoid them: ``larger`` (the
-    size that would do), fewer --octaves, reflect padding."""
+def sparse_warning(subject: str, height: int, width: int, hidden: int, network: str, deepest: str, octaves: int,
+                   padding: str, larger: str) -> str | None:
+    """The warning about the ``sparse_octaves`` of a height x width image (plus ``hidden`` pixels of
+    margin, counted in the sizes it names), or None if it has none; with the ways to avoid them:
+    ``larger`` (formatted with the smallest side that would do, ``dense_side``), fewer --octaves,
+    reflect padding."""
+    from pyramid import level_sizes
+
+    sparse = sparse_octaves(level_sizes(height + hidden, width + hidden, octaves, padding), network, deepest,
+                            padding)
+    if not sparse:
+        return None
     first = sparse[0][0]
     seen = ", ".join(f"octave {level + 1} ({w}x{h} px) at {columns}x{rows}"
                      for level, (h, w), (rows, columns) in sparse)
-    remedies = [larger] + [f"--octaves {first}"] * (first > 0) + (
-        ["--padding-mode reflect"] if padding == "valid" else [])
+    remedies = [larger.format(dense_side(min(height, width), network, deepest, octaves, padding, hidden))]
+    remedies += [f"--octaves {first}"] * (first > 0) + (["--padding-mode reflect"] if padding == "valid" else [])
     return (f"{subject}: with --octaves {octaves}, {deepest} sees {seen} position(s), too few for a Gram matrix "
             f"to stand for a texture (fewer than {MIN_POSITIONS}); their loss can then dominate and pull the whole "
             f"picture (colours the source lacks); {' or '.join(remedies)} avoids it")
@@ -684,18 +693,15 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
     sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
-    sparse = sparse_octaves(sizes, network, deepest, padding)
-    if sparse:
-        side = dense_side(min(height, width), network, deepest, args.octaves, padding, 2 * margin)
-        warnings.append(sparse_warning("the output (with its hidden margin)", sparse, deepest, args.octaves,
-                                       padding, f"an output of at least {side}x{side}"))
-    for path, rgb in sources:
-        sparse = sparse_octaves(level_sizes(*rgb.shape[:2], args.octaves, args.padding_mode), network, deepest,
-                                args.padding_mode)
-        if sparse:
-            side = dense_side(min(rgb.shape[:2]), network, deepest, args.octaves, args.padding_mode)
-            warnings.append(sparse_warning(f"--source {path}", sparse, deepest, args.octaves, args.padding_mode,
-                                           f"a source of at least {side}x{side} (--source-width)"))
+    checked = [("the output (with its hidden margin)", height, width, 2 * margin, padding,
+               "an output of at least {0}x{0}")]
+    checked += [(f"--source {path}", *rgb.shape[:2], 0, args.padding_mode,
+                "a source at least {0} px on its shorter side (--source-width, --source-scale)")
+               for path, rgb in sources]
+    for subject, h, w, hidden, image_padding, larger in checked:
+        warning = sparse_warning(subject, h, w, hidden, network, deepest, args.octaves, image_padding, larger)
+        if warning:
+            warnings.append(warning)
     budget, budget_of = memory_budget(args)
 
     @functools.lru_cache(maxsize=None)

@@ -105,7 +105,7 @@ def test_octaves_with_too_few_positions_are_warned_about_once_the_checks_pass(tm
             "(32x32 px) at 1x1 position(s)") in err
     assert "an output of at least 91x91 or --octaves 1 or --padding-mode reflect avoids it" in err
     assert f"warning: --source {EXAMPLE}: with --octaves 2, block3_conv2 sees octave 2 (32x32 px) at 1x1" in err
-    assert "a source of at least 123x123 (--source-width) or --octaves 1" in err
+    assert "a source at least 123 px on its shorter side (--source-width, --source-scale) or --octaves 1" in err
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")]
     assert [f"warning: {w}" for w in record["warnings"]] == [
         line for line in err.splitlines() if line.startswith("warning: ")]  # for scripts, as on stderr
