@@ -112,12 +112,20 @@ def style_loss(grams: Sequence, targets: Sequence):
     return loss_per_level(grams, targets, [1.0] * len(grams), 1)[0]
 
 
+def weighted_sum(weights: Sequence[float], terms: Sequence):
+    """``sum of w * t`` over the terms whose weight is not 0 (scalars: tensors or floats; 0 if none):
+    a term of weight 0 (left out for too few positions, or weighted so) takes no part, not even as
+    0 x inf = NaN in the loss or its gradient."""
+    return sum((w * t for w, t in zip(weights, terms, strict=True) if w), 0.0)
+
+
 def loss_per_level(grams: Sequence, targets: Sequence, weights: Sequence[float], levels: int):
     """The weighted loss split by pyramid level: (total scalar, (levels,) tensor)."""
     from keras import ops
 
-    weighted = [w * t for w, t in zip(weights, style_terms(grams, targets), strict=True)]
-    per_level = ops.stack([ops.sum(ops.stack(chunk)) for chunk in _chunks(weighted, levels)])
+    terms = style_terms(grams, targets)
+    per_level = ops.stack([ops.convert_to_tensor(weighted_sum(w, t), "float32")
+                           for w, t in zip(_chunks(list(weights), levels), _chunks(terms, levels), strict=True)])
     return ops.sum(per_level), per_level
 
 

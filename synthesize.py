@@ -33,7 +33,7 @@ NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
 MARGIN_CAP = 32  # the default hidden border (px per side) is the deepest layer's reach, at most this
 MAX_MARGIN = 256  # larger --margin values are refused
-MIN_POSITIONS = 64  # an octave whose deepest layer has fewer positions than this is warned about
+MIN_POSITIONS = 64  # --min-positions: a Gram matrix from fewer positions of its layer is left out of the loss
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
 
@@ -111,6 +111,12 @@ def make_parser() -> argparse.ArgumentParser:
                          help="Weight of the colour term: how far the image's colours, as a distribution, are "
                          "from the source's at every pyramid level (keeps out colours the source does not have); "
                          "0: the original's Gram loss alone (default: %(default)s)")
+    network.add_argument("--min-positions", type=int, default=MIN_POSITIONS, metavar="N",
+                         help="Leave a layer's Gram matrix out of an octave's loss where the layer sees that octave "
+                         "of the output (or of a source) at fewer positions than this: from a few positions a Gram "
+                         "matrix is no texture statistic, its loss dominates and pulls the whole picture (with "
+                         "the default options, the coarsest octave of outputs under 469 px); each one left out is "
+                         "warned about. 1: keep every one, the original's loss (default: %(default)s)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max-iter", "-m", type=int, default=500,
@@ -201,6 +207,7 @@ def validate(args: argparse.Namespace) -> None:
     for flag, value in (("--output-width", args.output_width), ("--output-height", args.output_height)):
         _require(1 <= value <= MAX_SIDE, f"{flag} {value}: must be between 1 and {MAX_SIDE} pixels")
     _require(1 <= args.octaves <= 12, f"--octaves {args.octaves}: must be between 1 and 12")
+    _require(args.min_positions >= 1, f"--min-positions {args.min_positions}: must be at least 1")
     _require(args.max_iter >= 1, f"--max-iter {args.max_iter}: must be at least 1")
     _require(args.save_every >= 1, f"--save-every {args.save_every}: must be at least 1")
     _require(args.count >= 1, f"--count {args.count}: must be at least 1")
@@ -399,57 +406,56 @@ def check_size(what: str, height: int, width: int, network: str, layers, octaves
         )
 
 
-def sparse_octaves(sizes, network: str, deepest: str, padding: str) -> list[tuple[int, tuple, tuple]]:
-    """The pyramid levels at which layer ``deepest`` has fewer than MIN_POSITIONS positions:
-    (level, its (height, width), the layer's (rows, columns) there), for ``sizes``, the (height,
-    width) of every level, level 0 first.
+def sparse_terms(sizes, network: str, layers: Sequence[str], padding: str,
+                 min_positions: int = MIN_POSITIONS) -> list[tuple[int, str, tuple, tuple]]:
+    """The (level, layer) pairs whose Gram matrix comes from fewer than ``min_positions`` positions:
+    (level, layer, the level's (height, width), the layer's (rows, columns) there), level-major, for
+    ``sizes``, the (height, width) of every level of one image, level 0 first.
 
     A Gram matrix averages its layer's features over the positions; from a few it is no texture
     statistic (from one, the outer product of a single feature vector, of rank 1) and cannot come
     near the source's, whose loss then dominates the run and pulls the whole picture. The tissue
-    photo, valid padding, 4 octaves: colours it lacks on 0.25%, 0.18%, 0.10% and 0.015% of the
-    pixels with block3_conv2 seeing the coarsest level at 1x1, 3x3, 5x5 and 9x9 positions (256,
-    320, 384 and 512 px; README, Limitations), 0.03-0.05% with --octaves 3 at 256 and 320 px."""
+    photo, valid padding, 4 octaves, with block3_conv2's term kept: colours it lacks on 0.25%, 0.18%,
+    0.10% and 0.015% of the pixels with block3_conv2 seeing the coarsest level at 1x1, 3x3, 5x5 and
+    9x9 positions (256, 320, 384 and 512 px), 0.005% at 256 px with that one term left out (README,
+    Limitations)."""
     from vgg16 import layer_sizes
 
     sparse = []
     for level, (h, w) in enumerate(sizes):
-        rows, columns = layer_sizes(network, deepest, h, w, padding)[-1]
-        if rows * columns < MIN_POSITIONS:
-            sparse.append((level, (h, w), (rows, columns)))
+        for layer in layers:
+            rows, columns = layer_sizes(network, layer, h, w, padding)[-1]
+            if rows * columns < min_positions:
+                sparse.append((level, layer, (h, w), (rows, columns)))
     return sparse
 
 
-def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str, hidden: int = 0) -> int:
-    """The smallest square side >= ``side`` (plus ``hidden`` pixels of margin) at which no octave is
-    in ``sparse_octaves``."""
+def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str, hidden: int = 0,
+               min_positions: int = MIN_POSITIONS) -> int:
+    """The smallest square side >= ``side`` (plus ``hidden`` pixels of margin) at which no term is in
+    ``sparse_terms`` (the deepest layer has the fewest positions)."""
     from pyramid import level_sizes
 
-    while sparse_octaves(level_sizes(side + hidden, side + hidden, octaves, padding), network, deepest, padding):
+    while sparse_terms(level_sizes(side + hidden, side + hidden, octaves, padding), network, [deepest], padding,
+                       min_positions):
         side += 1
     return side
 
 
-def sparse_warning(subject: str, height: int, width: int, hidden: int, network: str, deepest: str, octaves: int,
-                   padding: str, larger: str) -> str | None:
-    """The warning about the ``sparse_octaves`` of a height x width image (plus ``hidden`` pixels of
-    margin, counted in the sizes it names), or None if it has none; with the ways to avoid them:
-    ``larger`` (formatted with the smallest side that would do, ``dense_side``), fewer --octaves,
-    reflect padding."""
-    from pyramid import level_sizes
-
-    sparse = sparse_octaves(level_sizes(height + hidden, width + hidden, octaves, padding), network, deepest,
-                            padding)
-    if not sparse:
-        return None
+def sparse_warning(subject: str, sparse: list, side: int, hidden: int, network: str, deepest: str, octaves: int,
+                   padding: str, larger: str, min_positions: int) -> str:
+    """The warning about the terms ``sparse`` (``sparse_terms`` of an image whose shorter side is
+    ``side``, plus ``hidden`` pixels of margin, counted in the sizes it names): which are left out
+    of the loss, and how to keep them: ``larger`` (formatted with the smallest side that would do,
+    ``dense_side``), fewer --octaves, reflect padding."""
     first = sparse[0][0]
-    seen = ", ".join(f"octave {level + 1} ({w}x{h} px) at {columns}x{rows}"
-                     for level, (h, w), (rows, columns) in sparse)
-    remedies = [larger.format(dense_side(min(height, width), network, deepest, octaves, padding, hidden))]
+    seen = ", ".join(f"{layer} sees octave {level + 1} ({w}x{h} px) at {columns}x{rows} position(s)"
+                     for level, layer, (h, w), (rows, columns) in sparse)
+    remedies = [larger.format(dense_side(side, network, deepest, octaves, padding, hidden, min_positions))]
     remedies += [f"--octaves {first}"] * (first > 0) + (["--padding-mode reflect"] if padding == "valid" else [])
-    return (f"{subject}: with --octaves {octaves}, {deepest} sees {seen} position(s), too few for a Gram matrix "
-            f"to stand for a texture (fewer than {MIN_POSITIONS}); their loss can then dominate and pull the whole "
-            f"picture (colours the source lacks); {' or '.join(remedies)} avoids it")
+    return (f"{subject}: with --octaves {octaves}, {seen}, fewer than --min-positions {min_positions}: too few for "
+            f"a Gram matrix to stand for a texture, so left out of the loss (kept, it would dominate and pull the "
+            f"whole picture); {' or '.join(remedies)} keeps every octave whole")
 
 
 def tile_multiple(network: str, deepest: str, octaves: int) -> int:
@@ -629,6 +635,7 @@ class Problem:
     tile_progress: TileProgress | None = None  # told how far a tiled evaluation has got
     budget: tuple = (None, "memory")  # (bytes the run may use, what they are)
     warnings: list = field(default_factory=list)  # what the user should know before it runs (run.json's too)
+    left_out: list = field(default_factory=list)  # (level, layer) terms of too few positions, weight 0
 
 
 class TileProgress:
@@ -698,10 +705,18 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     checked += [(f"--source {path}", *rgb.shape[:2], 0, args.padding_mode,
                 "a source at least {0} px on its shorter side (--source-width, --source-scale)")
                for path, rgb in sources]
+    left_out = set()  # (level, layer) pairs of too few positions in the output or a source
     for subject, h, w, hidden, image_padding, larger in checked:
-        warning = sparse_warning(subject, h, w, hidden, network, deepest, args.octaves, image_padding, larger)
-        if warning:
-            warnings.append(warning)
+        sparse = sparse_terms(level_sizes(h + hidden, w + hidden, args.octaves, image_padding), network, layers,
+                              image_padding, args.min_positions)
+        if sparse:
+            warnings.append(sparse_warning(subject, sparse, min(h, w), hidden, network, deepest, args.octaves,
+                                           image_padding, larger, args.min_positions))
+            left_out.update((level, layer) for level, layer, _, _ in sparse)
+    if len(left_out) == args.octaves * len(layers):
+        raise UsageError(f"--min-positions {args.min_positions}: leaves out every Gram matrix of the loss (the output "
+                         f"or a source gives every one of --layers fewer positions at every octave); lower it, or "
+                         f"make the image larger")
     budget, budget_of = memory_budget(args)
 
     @functools.lru_cache(maxsize=None)
@@ -741,6 +756,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
+    for level, layer in left_out:  # level-major, as the targets
+        weights[level * len(layers) + layers.index(layer)] = 0.0
     interframe = None
     if animated:
         target, unrelated = target_distance(caffe_sources[0], args.if_shift), unrelated_distance(caffe_sources[0])
@@ -802,7 +819,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
-                   (budget, budget_of), warnings)
+                   (budget, budget_of), warnings, sorted(left_out))
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:
@@ -872,6 +889,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         "args": {**vars(args)}, "command": ["synthesize.py", *argv],
         "sources": [str(p) for p, _ in problem.sources], "output_dir": str(run_dir),
         "resumed_from": args.resume, "start_iteration": args.start_iteration, "warnings": problem.warnings,
+        "left_out_terms": [{"level": level, "layer": layer} for level, layer in problem.left_out],
     }
 
     writer = BackgroundWriter()  # snapshots and their run.json, while the optimisation goes on
@@ -949,8 +967,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
 
 
 def gram_part(octave_losses) -> float:
-    """The Gram loss alone (the original's, without the colour or inter-frame terms) from one
-    iteration's per-octave losses (NaN or None for octaves a coarse stage lacks)."""
+    """The Gram loss alone (the original's, without the colour or inter-frame terms, less the Gram
+    matrices left out for too few positions) from one iteration's per-octave losses (NaN or None for
+    octaves a coarse stage lacks)."""
     return float(sum(v for v in octave_losses if v is not None and math.isfinite(v)))
 
 

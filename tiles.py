@@ -293,14 +293,14 @@ class TiledLoss:
         """(z, targets) -> (per-layer terms (layers,), dL/dz): a level done whole."""
         from keras import ops
 
-        from gram import gram_matrix, style_terms
+        from gram import gram_matrix, style_terms, weighted_sum
 
         weights = self.weights[level * self.layers:(level + 1) * self.layers]
 
         def whole(z, targets):
             def loss(z_):
                 terms = style_terms([gram_matrix(f) for f in self._features(z_)], targets)
-                return sum(w * t for w, t in zip(weights, terms, strict=True)), ops.stack(terms)
+                return weighted_sum(weights, terms), ops.stack(terms)
 
             _, grad, terms = autodiff.value_and_grad(loss)(z)
             return terms, grad
@@ -398,6 +398,7 @@ class TiledLoss:
     def __call__(self, x) -> tuple[float, object, np.ndarray]:
         """(loss, dL/dx (a backend tensor, x's shape), per-level loss (absent + octaves,)) at x,
         a backend tensor (count, H, W, 3)."""
+        from gram import weighted_sum
         from pyramid import level_sizes
 
         levels = self._program(("levels",), lambda: self._levels)(x)
@@ -420,12 +421,12 @@ class TiledLoss:
             if plan is None:
                 terms, grad = self._whole(level)(z, tuple(self.device_targets[chunk]))
                 terms = autodiff.to_numpy(terms).astype(np.float64)
-                per_level.append(float(np.dot(weights, terms)))
+                per_level.append(float(weighted_sum(weights, terms)))
                 cotangents.append(grad if colour_grad is None else grad + colour_grad)
                 continue
             grams = self._grams(level, z, progress)
             differences = [g - t for g, t in zip(grams, self.targets[chunk], strict=True)]
-            per_level.append(sum(w * float(np.sum(d * d)) for w, d in zip(weights, differences, strict=True)))
+            per_level.append(weighted_sum(weights, [float(np.sum(d * d)) for d in differences]))
             gradient = np.zeros((self.count, *sizes[level], 3), np.float32)  # the level's, not extended
             if colour_grad is not None:
                 gradient += autodiff.to_numpy(colour_grad)

@@ -127,10 +127,12 @@ SIDE, OCTAVES, FRAMES, ITERATIONS = 72, 2, 3, 20  # 2 octaves with valid padding
 def anim_run_args(output_dir: Path, *extra: str) -> list[str]:
     # --if-shift 1: neighbours are then much closer (about 20) than independent textures (about 55).
     # --if-order 1: in a loop of 3 frames, frames 2 apart are also 1 apart the other way round, so
-    # order 2 would ask the same pairs for two distances.
+    # order 2 would ask the same pairs for two distances. --min-positions 1: every Gram matrix counts
+    # (the second octave gives block3_conv2 one position), so the loss is gram.style_loss's.
     return ["-s", str(EXAMPLE), "-ow", str(SIDE), "-o", str(OCTAVES), "-m", str(ITERATIONS), "-n", "10",
             "--network", "vgg19", "--output-dir", str(output_dir), "--random-seed", "0",
-            "-c", str(FRAMES), "--if-shift", "1", "--if-order", "1", "--margin", "0", *extra]
+            "-c", str(FRAMES), "--if-shift", "1", "--if-order", "1", "--margin", "0", "--min-positions", "1",
+            *extra]
 
 
 def finished_run(output_dir: Path, argv: list[str]) -> tuple[Path, dict]:

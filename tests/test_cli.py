@@ -77,45 +77,73 @@ def test_small_real_run_in_process(tmp_path, capsys):
     # (the second octave, 62x54 px with the margin, gives block3_conv2 8x6 positions, under 64)
 
 
-def test_octaves_with_too_few_positions_are_named():
+def test_terms_with_too_few_positions_are_named():
     from pyramid import level_sizes
-    from synthesize import dense_side, sparse_octaves
+    from synthesize import dense_side, sparse_terms
 
-    def sparse(side: int, padding: str = "valid") -> list:
-        return sparse_octaves(level_sizes(side, side, 4, padding), "vgg19", "block3_conv2", padding)
+    def sparse(side: int, padding: str = "valid", layers=("block1_conv2", "block3_conv2"), least: int = 64) -> list:
+        return sparse_terms(level_sizes(side, side, 4, padding), "vgg19", list(layers), padding, least)
 
     # 256 px plus the 16 px margin, valid padding, 4 octaves: block3_conv2 sees the coarsest level
-    # (33 px) at one position, at 384 px at 5x5; at 512 px (9x9 positions there) or with reflect
-    # padding every octave has enough
-    assert sparse(288) == [(3, (33, 33), (1, 1))]
-    assert sparse(416) == [(3, (49, 49), (5, 5))]
+    # (33 px) at one position, at 384 px at 5x5; block1_conv2 sees it at 29x29; at 512 px (9x9
+    # positions there) or with reflect padding every term has enough
+    assert sparse(288) == [(3, "block3_conv2", (33, 33), (1, 1))]
+    assert sparse(416) == [(3, "block3_conv2", (49, 49), (5, 5))]
     assert sparse(544) == [] and sparse(288, "reflect") == []
-    assert sparse(128, "reflect") == [(3, (16, 16), (4, 4))]
+    assert sparse(128, "reflect") == [(3, "block3_conv2", (16, 16), (4, 4))]
+    assert sparse(288, least=1) == []  # (the original's loss)
+    assert [term[:2] for term in sparse(288, least=842)] == [  # block1_conv2 at the coarsest: 29x29 = 841
+        (1, "block3_conv2"), (2, "block3_conv2"), (3, "block1_conv2"), (3, "block3_conv2")]
+    assert sparse(544, least=82) == [(3, "block3_conv2", (65, 65), (9, 9))] and sparse(544, least=81) == []
     # the smallest output that would do: 469 px (501 with the margin), and not one pixel less
     assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 32) == 469
     assert sparse(501) == [] and sparse(500) != []
 
 
-def test_octaves_with_too_few_positions_are_warned_about_once_the_checks_pass(tmp_path, capsys):
+def test_terms_with_too_few_positions_are_left_out_and_warned_about_once_the_checks_pass(tmp_path, capsys):
     # 35 px is the smallest output 2 octaves allow, 67 px the smallest source: the second level of
     # each gives block3_conv2 one position
     assert main(small_run_args(tmp_path, "-ow", "35", "-sw", "67", "-m", "1")) == 0
     err = capsys.readouterr().err
     assert ("warning: the output (with its hidden margin): with --octaves 2, block3_conv2 sees octave 2 "
-            "(32x32 px) at 1x1 position(s)") in err
-    assert "an output of at least 91x91 or --octaves 1 or --padding-mode reflect avoids it" in err
+            "(32x32 px) at 1x1 position(s), fewer than --min-positions 64: too few for a Gram matrix to stand "
+            "for a texture, so left out of the loss") in err
+    assert "an output of at least 91x91 or --octaves 1 or --padding-mode reflect keeps every octave whole" in err
     assert f"warning: --source {EXAMPLE}: with --octaves 2, block3_conv2 sees octave 2 (32x32 px) at 1x1" in err
     assert "a source at least 123 px on its shorter side (--source-width, --source-scale) or --octaves 1" in err
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")]
     assert [f"warning: {w}" for w in record["warnings"]] == [
         line for line in err.splitlines() if line.startswith("warning: ")]  # for scripts, as on stderr
+    assert record["left_out_terms"] == [{"level": 1, "layer": "block3_conv2"}]
     # bad input is still one line, without the warnings: they come once every check has passed
     blocker = tmp_path / "taken"
     blocker.write_text("keep me")
     assert main(small_run_args(blocker, "-ow", "35", "-sw", "67", "-m", "1")) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"--output-dir {blocker}" in line and blocker.read_text() == "keep me"
+    # a threshold that would leave nothing to match is refused
+    assert main(small_run_args(tmp_path / "none", "-ow", "35", "-sw", "67", "--min-positions", "100000")) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--min-positions 100000: leaves out every Gram matrix" in line and not (tmp_path / "none").exists()
 
+
+def test_a_term_left_out_has_no_part_in_the_loss(tmp_path):
+    # a 35 px output: its second octave gives block3_conv2 one position. The per-octave losses at the
+    # same start, with that term left out (the default), equal those of keeping every term
+    # (--min-positions 1) with block3_conv2 weighted 0 at the second octave and 1 at the first
+    from synthesize import parse_args, prepare
+
+    def octave_losses(*extra: str) -> list[float]:
+        args = parse_args(small_run_args(tmp_path, "-ow", "35", "--colour-weight", "0", *extra))
+        problem = prepare(args, log=lambda message: None)
+        return [float(v) for v in problem.stage(0).evaluate(problem.x0)[2]]
+
+    left_out = octave_losses()
+    kept = octave_losses("--min-positions", "1")
+    block1_only = octave_losses("--min-positions", "1", "--layer-weights", "1", "0")
+    assert left_out[0] == pytest.approx(kept[0], rel=1e-5)  # the first octave keeps both terms
+    assert left_out[1] == pytest.approx(block1_only[1], rel=1e-5)  # the second only block1_conv2's
+    assert kept[1] > left_out[1]  # (a Gram loss term is positive)
 
 
 def test_small_real_run_as_subprocess_never_reuses_a_directory(tmp_path):

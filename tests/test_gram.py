@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gram import gram_matrix, multiscale_grams, source_targets, style_loss
+from gram import gram_matrix, loss_per_level, multiscale_grams, source_targets, style_loss, weighted_sum
 
 
 def test_gram_of_all_ones_is_one_over_channels():
@@ -27,6 +27,17 @@ def test_style_loss_is_sum_of_squares_over_terms_and_frames():
     assert float(style_loss(grams, targets)) == pytest.approx(26.0)
     with pytest.raises(ValueError):
         style_loss(grams, targets[:1])
+
+
+def test_a_term_of_weight_0_takes_no_part_even_when_infinite():
+    assert weighted_sum([2.0, 0.0], [3.0, float("inf")]) == 6.0 and weighted_sum([0.0], [1.0]) == 0.0
+    # two levels of two terms; the second level's second term is infinite and weighted 0, and its
+    # first term weighted 0 too: that level's loss is 0, not NaN
+    grams = [np.ones((1, 2, 2), np.float32)] * 3 + [np.full((1, 2, 2), np.inf, np.float32)]
+    targets = [np.zeros((2, 2), np.float32)] * 4
+    total, per_level = loss_per_level(grams, targets, [1.0, 0.5, 0.0, 0.0], 2)
+    np.testing.assert_allclose(np.asarray(per_level), [4.0 + 2.0, 0.0])
+    assert float(total) == pytest.approx(6.0)
 
 
 def _identity_extractor(x):
