@@ -436,7 +436,8 @@ def stage_budgets(max_iter: int, stages: int) -> list[int]:
 
 def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
              on_iteration: Callable[[Progress], None], progress: Progress,
-             on_stage: Callable = lambda total, first, label: None, start_level: int | None = None) -> Progress:
+             on_stage: Callable = lambda total, first, label: None, start_level: int | None = None,
+             coarsest: int | None = None) -> Progress:
     """Run L-BFGS as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
 
     ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``level_sizes``,
@@ -449,14 +450,17 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     and optimise the loss of the levels that exist there, and so on up to full
     size. The iterations left are shared by ``stage_budgets``; a stage with none
     is skipped. ``start_level``: the stage a resumed run had reached; it carries
-    on there (never coarser), from ``x0``, its last saved image. Iterations are
+    on there (never coarser), from ``x0``, its last saved image. ``coarsest``: the coarsest level
+    whose loss has a Gram term (default the coarsest level): coarse-to-fine starts there, not on
+    a level with nothing of the texture to match. Iterations are
     counted across stages; ``progress.best_x`` is the current stage's image
     (its size tells the level). The backend's out-of-memory errors end in
     ``autodiff.DeviceOutOfMemory`` naming the stage's size.
     """
     from pyramid import expand, gaussian_pyramid, resize_images
 
-    levels = [0] if schedule == "plain" else list(range(octaves - 1, -1, -1))
+    top = octaves - 1 if coarsest is None else coarsest
+    levels = [0] if schedule == "plain" else list(range(top, -1, -1))
     if start_level is not None:
         levels = [level for level in levels if level <= start_level]
     x, x_level = problem.x0, None

@@ -115,8 +115,9 @@ def make_parser() -> argparse.ArgumentParser:
                          help="Leave a layer's Gram matrix out of an octave's loss where the layer sees that octave "
                          "of the output (or of a source) at fewer positions than this: from a few positions a Gram "
                          "matrix is no texture statistic, its loss dominates and pulls the whole picture (with "
-                         "the default options, the coarsest octave of outputs under 469 px); each one left out is "
-                         "warned about. 1: keep every one, the original's loss (default: %(default)s)")
+                         "the default options, the coarsest octave of outputs under 469 px and of sources under "
+                         "501 px); each one left out is warned about. 1: keep every one, the original's loss "
+                         "(default: %(default)s)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max-iter", "-m", type=int, default=500,
@@ -431,31 +432,38 @@ def sparse_terms(sizes, network: str, layers: Sequence[str], padding: str,
 
 
 def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str, hidden: int = 0,
-               min_positions: int = MIN_POSITIONS) -> int:
+               min_positions: int = MIN_POSITIONS) -> int | None:
     """The smallest square side >= ``side`` (plus ``hidden`` pixels of margin) at which no term is in
-    ``sparse_terms`` (the deepest layer has the fewest positions)."""
+    ``sparse_terms`` (the deepest layer has the fewest positions); None if none up to MAX_SIDE."""
     from pyramid import level_sizes
 
-    while sparse_terms(level_sizes(side + hidden, side + hidden, octaves, padding), network, [deepest], padding,
-                       min_positions):
-        side += 1
-    return side
+    for n in range(side, MAX_SIDE + 1):
+        if not sparse_terms(level_sizes(n + hidden, n + hidden, octaves, padding), network, [deepest], padding,
+                            min_positions):
+            return n
+    return None
 
 
-def sparse_warning(subject: str, sparse: list, side: int, hidden: int, network: str, deepest: str, octaves: int,
-                   padding: str, larger: str, min_positions: int) -> str:
-    """The warning about the terms ``sparse`` (``sparse_terms`` of an image whose shorter side is
-    ``side``, plus ``hidden`` pixels of margin, counted in the sizes it names): which are left out
-    of the loss, and how to keep them: ``larger`` (formatted with the smallest side that would do,
-    ``dense_side``), fewer --octaves, reflect padding."""
+def sparse_warning(subject: str, sparse: list, height: int, width: int, hidden: int, network: str, deepest: str,
+                   octaves: int, padding: str, larger: str, min_positions: int) -> str:
+    """The warning about the terms ``sparse`` (``sparse_terms`` of a height x width image, plus
+    ``hidden`` pixels of margin, counted in the sizes it names): which are left out of the loss, and
+    what would keep them: ``larger`` (formatted with the smallest side that would do, ``dense_side``),
+    fewer --octaves, reflect padding, each only where it does."""
+    from pyramid import level_sizes
+
     first = sparse[0][0]
     seen = ", ".join(f"{layer} sees octave {level + 1} ({w}x{h} px) at {columns}x{rows} position(s)"
                      for level, layer, (h, w), (rows, columns) in sparse)
-    remedies = [larger.format(dense_side(side, network, deepest, octaves, padding, hidden, min_positions))]
-    remedies += [f"--octaves {first}"] * (first > 0) + (["--padding-mode reflect"] if padding == "valid" else [])
+    side = dense_side(min(height, width), network, deepest, octaves, padding, hidden, min_positions)
+    remedies = [larger.format(side)] * (side is not None) + [f"--octaves {first}"] * (first > 0)
+    if padding == "valid" and not sparse_terms(level_sizes(height + hidden, width + hidden, octaves, "reflect"),
+                                               network, [deepest], "reflect", min_positions):
+        remedies.append("--padding-mode reflect")
+    keep = f"; {' or '.join(remedies)} keeps every octave whole" if remedies else ""
     return (f"{subject}: with --octaves {octaves}, {seen}, fewer than --min-positions {min_positions}: too few for "
             f"a Gram matrix to stand for a texture, so left out of the loss (kept, it would dominate and pull the "
-            f"whole picture); {' or '.join(remedies)} keeps every octave whole")
+            f"whole picture){keep}")
 
 
 def tile_multiple(network: str, deepest: str, octaves: int) -> int:
@@ -636,6 +644,7 @@ class Problem:
     budget: tuple = (None, "memory")  # (bytes the run may use, what they are)
     warnings: list = field(default_factory=list)  # what the user should know before it runs (run.json's too)
     left_out: list = field(default_factory=list)  # (level, layer) terms of too few positions, weight 0
+    coarsest: int | None = None  # the coarsest level with a Gram term: where coarse-to-fine starts
 
 
 class TileProgress:
@@ -705,18 +714,21 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     checked += [(f"--source {path}", *rgb.shape[:2], 0, args.padding_mode,
                 "a source at least {0} px on its shorter side (--source-width, --source-scale)")
                for path, rgb in sources]
-    left_out = set()  # (level, layer) pairs of too few positions in the output or a source
-    for subject, h, w, hidden, image_padding, larger in checked:
-        sparse = sparse_terms(level_sizes(h + hidden, w + hidden, args.octaves, image_padding), network, layers,
-                              image_padding, args.min_positions)
-        if sparse:
-            warnings.append(sparse_warning(subject, sparse, min(h, w), hidden, network, deepest, args.octaves,
+    sparse = [sparse_terms(level_sizes(h + hidden, w + hidden, args.octaves, image_padding), network, layers,
+                           image_padding, args.min_positions) for _, h, w, hidden, image_padding, _ in checked]
+    left_out = sorted({(level, layers.index(layer)) for terms in sparse for level, layer, _, _ in terms})
+    weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
+    for level, k in left_out:  # level-major, as the targets
+        weights[level * len(layers) + k] = 0.0
+    if not any(weights):
+        raise UsageError(f"--min-positions {args.min_positions}: leaves no Gram matrix in the loss (the output or a "
+                         f"source gives each of --layers with a weight fewer positions at every octave); lower it, "
+                         f"or make the image larger")
+    coarsest = max(level for level in range(args.octaves) if any(weights[level * len(layers):][:len(layers)]))
+    for (subject, h, w, hidden, image_padding, larger), terms in zip(checked, sparse, strict=True):
+        if terms:
+            warnings.append(sparse_warning(subject, terms, h, w, hidden, network, deepest, args.octaves,
                                            image_padding, larger, args.min_positions))
-            left_out.update((level, layer) for level, layer, _, _ in sparse)
-    if len(left_out) == args.octaves * len(layers):
-        raise UsageError(f"--min-positions {args.min_positions}: leaves out every Gram matrix of the loss (the output "
-                         f"or a source gives every one of --layers fewer positions at every octave); lower it, or "
-                         f"make the image larger")
     budget, budget_of = memory_budget(args)
 
     @functools.lru_cache(maxsize=None)
@@ -755,9 +767,6 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                       if args.colour_weight else [])
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
-    weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
-    for level, layer in left_out:  # level-major, as the targets
-        weights[level * len(layers) + layers.index(layer)] = 0.0
     interframe = None
     if animated:
         target, unrelated = target_distance(caffe_sources[0], args.if_shift), unrelated_distance(caffe_sources[0])
@@ -819,7 +828,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
-                   (budget, budget_of), warnings, sorted(left_out))
+                   (budget, budget_of), warnings, [(level, layers[k]) for level, k in left_out], coarsest)
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:
@@ -919,7 +928,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
     exit_status = 0
     try:
         optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress,
-                 on_stage=reporter.start, start_level=args.start_level)
+                 on_stage=reporter.start, start_level=args.start_level, coarsest=problem.coarsest)
         writer.wait()  # the last snapshots (a signal meanwhile is an interruption like any other)
         record["status"] = "finished"
     except NonFiniteLoss as err:

@@ -300,6 +300,8 @@ class TiledLoss:
         def whole(z, targets):
             def loss(z_):
                 terms = style_terms([gram_matrix(f) for f in self._features(z_)], targets)
+                if not any(weights):  # a level with no Gram term: a zero that still depends on z_
+                    return 0.0 * ops.sum(z_), ops.stack(terms)
                 return weighted_sum(weights, terms), ops.stack(terms)
 
             _, grad, terms = autodiff.value_and_grad(loss)(z)
@@ -432,7 +434,8 @@ class TiledLoss:
                 gradient += autodiff.to_numpy(colour_grad)
                 del colour_grad
             for frame in range(self.count):
-                slopes = tuple((2 * w * d[frame]).astype(np.float32) for w, d in zip(weights, differences))
+                slopes = tuple((2 * w * d[frame] if w else np.zeros_like(d[frame])).astype(np.float32)
+                               for w, d in zip(weights, differences))
                 for window in plan.windows:
                     start = np.array([frame, *window.start, 0], np.int32)
                     g = self._share_gradient(level, window)(z, start, np.array(window.owned, np.int32), slopes)

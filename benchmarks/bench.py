@@ -280,7 +280,8 @@ def time_to_quality(network: str, size: int, budget_s: float, extra: list[str], 
     reference["start"] = time.perf_counter()
     progress = Progress()
     try:
-        optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress)
+        optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress,
+                 coarsest=problem.coarsest)
     except Stop:
         pass
     if image is not None and progress.best_x.shape == problem.x0.shape:

@@ -124,23 +124,38 @@ def test_terms_with_too_few_positions_are_left_out_and_warned_about_once_the_che
     # a threshold that would leave nothing to match is refused
     assert main(small_run_args(tmp_path / "none", "-ow", "35", "-sw", "67", "--min-positions", "100000")) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "--min-positions 100000: leaves out every Gram matrix" in line and not (tmp_path / "none").exists()
+    assert "--min-positions 100000: leaves no Gram matrix in the loss" in line and not (tmp_path / "none").exists()
+
+
+def test_a_source_alone_can_leave_a_term_out_and_a_level_with_none_is_no_stage(tmp_path, capsys):
+    # a 96 px output gives block3_conv2 8x8 positions at its second octave (enough), a 67 px source 1x1
+    assert main(small_run_args(tmp_path / "a", "-sw", "67", "-m", "1")) == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "a").glob("*/run.json")]
+    assert record["left_out_terms"] == [{"level": 1, "layer": "block3_conv2"}]
+    assert len(record["warnings"]) == 1 and record["warnings"][0].startswith(f"--source {EXAMPLE}: ")
+    # --layers 7 alone at 35 px: the second octave's only term is left out, so with no colour term
+    # that level has nothing to match and coarse-to-fine starts at full size
+    assert main(small_run_args(tmp_path / "b", "-ow", "35", "-l", "7", "--colour-weight", "0", "-m", "2")) == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "b").glob("*/run.json")]
+    assert [stage["level"] for stage in record["stages"]] == [0] and record["iterations"] == 2
+    assert record["final_loss"] < record["initial_loss"]
 
 
 def test_a_term_left_out_has_no_part_in_the_loss(tmp_path):
     # a 35 px output: its second octave gives block3_conv2 one position. The per-octave losses at the
     # same start, with that term left out (the default), equal those of keeping every term
-    # (--min-positions 1) with block3_conv2 weighted 0 at the second octave and 1 at the first
+    # (--min-positions 1) with block3_conv2 weighted 0 at the second octave and 1 at the first.
+    # (--layers 7 2: block3_conv2 first, so that the term left out is not the last of the list)
     from synthesize import parse_args, prepare
 
     def octave_losses(*extra: str) -> list[float]:
-        args = parse_args(small_run_args(tmp_path, "-ow", "35", "--colour-weight", "0", *extra))
+        args = parse_args(small_run_args(tmp_path, "-ow", "35", "-l", "7", "2", "--colour-weight", "0", *extra))
         problem = prepare(args, log=lambda message: None)
         return [float(v) for v in problem.stage(0).evaluate(problem.x0)[2]]
 
     left_out = octave_losses()
     kept = octave_losses("--min-positions", "1")
-    block1_only = octave_losses("--min-positions", "1", "--layer-weights", "1", "0")
+    block1_only = octave_losses("--min-positions", "1", "--layer-weights", "0", "1")
     assert left_out[0] == pytest.approx(kept[0], rel=1e-5)  # the first octave keeps both terms
     assert left_out[1] == pytest.approx(block1_only[1], rel=1e-5)  # the second only block1_conv2's
     assert kept[1] > left_out[1]  # (a Gram loss term is positive)

@@ -91,6 +91,14 @@ def test_coarse_to_fine_runs_every_level_coarsest_first():
     assert progress.evaluations >= 30 + 3
 
 
+def test_coarse_to_fine_starts_at_the_coarsest_level_with_a_gram_term():
+    # (a level whose every term is left out, or weighted 0, has nothing of the texture to match)
+    problem = QuadraticProblem(32, 3)
+    progress = optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(), coarsest=1)
+    assert [s["level"] for s in progress.stages] == [1, 0]
+    assert [s["iterations"] for s in progress.stages] == stage_budgets(30, 2) == [15, 15]
+
+
 def test_plain_is_one_full_size_stage():
     problem = QuadraticProblem(16, 3)
     progress = optimise(problem, "plain", 3, 5, 0.0, lambda p: None, Progress())
