@@ -418,8 +418,8 @@ def sparse_terms(sizes, network: str, layers: Sequence[str], padding: str,
     near the source's, whose loss then dominates the run and pulls the whole picture. The tissue
     photo, valid padding, 4 octaves, with block3_conv2's term kept: colours it lacks on 0.25%, 0.18%,
     0.10% and 0.015% of the pixels with block3_conv2 seeing the coarsest level at 1x1, 3x3, 5x5 and
-    9x9 positions (256, 320, 384 and 512 px), 0.005% at 256 px with that one term left out (README,
-    Limitations)."""
+    9x9 positions (256, 320, 384 and 512 px); 0.005%, 0.10% and 0.05% at 256, 320 and 384 px with
+    that one term left out (README, Limitations)."""
     from vgg16 import layer_sizes
 
     sparse = []
