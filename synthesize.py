@@ -724,7 +724,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         raise UsageError(f"--min-positions {args.min_positions}: leaves no Gram matrix in the loss (the output or a "
                          f"source gives each of --layers with a weight fewer positions at every octave); lower it, "
                          f"or make the image larger")
-    coarsest = max(level for level in range(args.octaves) if any(weights[level * len(layers):][:len(layers)]))
+    coarsest = max(level for level in range(args.octaves)  # weights are level-major
+                   if any(weights[level * len(layers):(level + 1) * len(layers)]))
     for (subject, h, w, hidden, image_padding, larger), terms in zip(checked, sparse, strict=True):
         if terms:
             warnings.append(sparse_warning(subject, terms, h, w, hidden, network, deepest, args.octaves,
