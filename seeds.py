@@ -30,10 +30,12 @@ def colour_noise_start(rng: np.random.Generator, count: int, height: int, width:
     return (noise @ mix.T.astype(np.float32) + mean.astype(np.float32)).astype(np.float32)
 
 
-def dark_start(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
-    """The original's start: N(0, 1) noise around pixel value 10 (nearly black). Shape (count, H, W, 3)."""
+def dark_start(rng: np.random.Generator, count: int, height: int, width: int,
+               low: np.ndarray = -CAFFE_MEAN_BGR) -> np.ndarray:
+    """The original's start: N(0, 1) noise 10 pixel values above the darkest allowed, ``low`` ((3,), caffe
+    space; by default RGB 0: nearly black). Shape (count, H, W, 3)."""
     noise = rng.standard_normal((count, height, width, 3), dtype=np.float32)
-    return noise + DARK_LEVEL - CAFFE_MEAN_BGR
+    return (noise + DARK_LEVEL + np.asarray(low, np.float32)).astype(np.float32)
 
 
 def symmetric_start(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
@@ -60,17 +62,18 @@ def image_start(image: np.ndarray, count: int, margin: int) -> np.ndarray:
 
 
 def starting_images(mode: str, rng: np.random.Generator, count: int, height: int, width: int,
-                    sources: list[np.ndarray]) -> np.ndarray:
+                    sources: list[np.ndarray], low: np.ndarray = -CAFFE_MEAN_BGR) -> np.ndarray:
     """The ``--seed`` start of the given mode, shape (count, H, W, 3), caffe space.
 
     ``sources``: the caffe-space source images (H, W, 3); ``random`` takes the
-    colour statistics of all their pixels.
+    colour statistics of all their pixels. ``low``: the darkest pixel allowed ((3,), caffe space),
+    which ``dark`` starts just above.
     """
     if mode == "random":
         pixels = np.concatenate([s.reshape(-1, 3) for s in sources]).astype(np.float64)
         return colour_noise_start(rng, count, height, width, pixels)
     if mode == "dark":
-        return dark_start(rng, count, height, width)
+        return dark_start(rng, count, height, width, low)
     if mode == "symmetric":
         return symmetric_start(rng, count, height, width)
     raise ValueError(f"unknown seed mode {mode!r}")

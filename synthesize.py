@@ -33,6 +33,7 @@ NETWORK_CHOICES = ("auto", "vgg16", "vgg19")
 MAX_SIDE = 16384  # larger outputs or sources are refused as a likely typo
 MARGIN_CAP = 32  # the default hidden border (px per side) is the deepest layer's reach, at most this
 MAX_MARGIN = 256  # larger --margin values are refused
+PIXEL_RANGES = ("source", "full")  # --pixel-range
 MIN_POSITIONS = 64  # --min-positions: a Gram matrix from fewer positions of its layer is left out of the loss
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
@@ -131,6 +132,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "next level's start (--max-iter counts all stages: the full-size stage gets half, the "
                        "coarser stages share the rest; lower loss than plain at equal time and no fine hatching); "
                        "plain: optimise the full-size image from the start, as the original did")
+    optim.add_argument("--pixel-range", choices=PIXEL_RANGES, default="source",
+                       help="Which values each colour channel of the result may take: source (from the darkest "
+                       "to the brightest value of that channel in the sources: a grey photo of 63..207 gives no "
+                       "whites), full (0..255, as the original did) (default: %(default)s)")
     optim.add_argument("--seed", choices=SEED_MODES, default="random",
                        help="How to seed the optimization: random (noise with the source's mean colour and "
                        "contrast), dark (the original's dark noise), symmetric (smooth mirror-symmetric grey)")
@@ -324,8 +329,9 @@ def _read_record(run_dir: Path) -> dict:
 def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
-    Returns the effective argv (starting from the run's last saved image via
-    --init-image, with the run's --schedule, --colour-weight and --margin), the iteration that image was
+    Returns the effective argv (starting from the run's last saved image via --init-image, with the
+    run's --schedule, --colour-weight, --margin, --pixel-range and --min-positions, even where a default
+    has changed since), the iteration that image was
     saved at, and the pyramid level of the coarse-to-fine stage it belongs to
     (run.json's ``level``; None if unknown), where the resumed run carries on;
     argv without --resume is returned unchanged with 0 and None.
@@ -352,10 +358,15 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     margin = recorded_args.get("margin")  # the canvas it had (the default margin changed: 8 valid / 0, now 16)
     tiled = "--tile" in argv or recorded_args.get("tile") is True  # --tile takes no margin
     same_canvas = ["--margin", str(margin)] if type(margin) is int and margin >= 0 and not tiled else []
+    pixel_range = recorded_args.get("pixel_range", "full")  # a run from before --pixel-range had 0..255
+    same_range = ["--pixel-range", pixel_range] if pixel_range in PIXEL_RANGES else []
+    positions = recorded_args.get("min_positions", 1)  # a run from before --min-positions kept every term
+    same_terms = ["--min-positions", str(positions)] if type(positions) is int and positions >= 1 else []
     level = record.get("level")
     if not isinstance(level, int) or level < 0:
         level = 0 if schedule == "plain" else None
-    return [*recorded, *same_schedule, *same_loss, *same_canvas, *argv, "--init-image", str(image)], iteration, level
+    return ([*recorded, *same_schedule, *same_loss, *same_canvas, *same_range, *same_terms, *argv, "--init-image",
+             str(image)], iteration, level)
 
 
 # ----------------------------------------------------------------------------
@@ -761,6 +772,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
     extractor = build_extractor(network, loaded.weights, layers, args.padding_mode)
     caffe_sources = [preprocess(rgb) for _, rgb in sources]
+    bounds = pixel_bounds(caffe_sources if args.pixel_range == "source" else ())
     host_targets = join_grams(source_grams(caffe_sources, source_plans, extractor, network, layers,
                                            args.padding_mode, args.octaves), args.join_mode, args.mul)
     targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
@@ -805,7 +817,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                  host_targets[first * len(layers):], stage_weights, args.count, inter, absent=first,
                                  colour=(args.colour_weight, colour_targets[first:]) if colour_targets else None)
             evaluate.on_progress = tile_progress
-            return Minimiser(None, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs, evaluate=evaluate)
+            return Minimiser(None, (args.count, *sizes[first], 3), bounds, plan.pairs, evaluate=evaluate)
 
         def loss_fn(x):
             pyramid = gaussian_pyramid(x, levels, padding)  # once, for the Gram and the colour terms
@@ -818,13 +830,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                 per_level = ops.concatenate([ops.full((first,), float("nan")), per_level])
             return total, per_level
 
-        return Minimiser(loss_fn, (args.count, *sizes[first], 3), pixel_bounds(), plan.pairs)
+        return Minimiser(loss_fn, (args.count, *sizes[first], 3), bounds, plan.pairs)
 
     if init_rgb is not None:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
     else:
-        x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources)
-    x0 = np.clip(x0, *pixel_bounds())  # pixels stay in 0..255 throughout (see optimise)
+        x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources, bounds[0])
+    x0 = np.clip(x0, *bounds)  # pixels stay in --pixel-range throughout (see optimise)
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),

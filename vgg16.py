@@ -84,9 +84,15 @@ def preprocess(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32)[..., ::-1] - CAFFE_MEAN_BGR
 
 
-def pixel_bounds() -> tuple[np.ndarray, np.ndarray]:
-    """(low, high), each (3,): the caffe-space values of RGB 0 and 255, channel by channel."""
-    return -CAFFE_MEAN_BGR, 255.0 - CAFFE_MEAN_BGR
+def pixel_bounds(sources: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high), each (3,) float32: the caffe-space bounds of the synthesised pixels, channel by channel.
+
+    No ``sources``: RGB 0 and 255. Caffe-space ``sources`` (each (..., 3)): the darkest and the brightest
+    value of each channel over all of them (a grey photo of 63..207 keeps its result in 63..207)."""
+    if not len(sources):
+        return (-CAFFE_MEAN_BGR).astype(np.float32), (255.0 - CAFFE_MEAN_BGR).astype(np.float32)
+    pixels = np.concatenate([np.asarray(s, np.float32).reshape(-1, 3) for s in sources])
+    return pixels.min(axis=0), pixels.max(axis=0)
 
 
 def deprocess(x: np.ndarray) -> np.ndarray:

@@ -166,7 +166,7 @@ def per_frame_style_losses(vgg19, example_rgb):
     extractor = build_extractor("vgg19", vgg19.weights, layers, "valid")
     targets = source_targets([preprocess(example_rgb)], extractor, OCTAVES, "valid", "average")
     x0 = starting_images("random", np.random.default_rng(0), FRAMES, SIDE, SIDE, [preprocess(example_rgb)])
-    x0 = np.clip(x0, *pixel_bounds())  # the optimiser starts from the start clipped to 0..255
+    x0 = np.clip(x0, *pixel_bounds([preprocess(example_rgb)]))  # clipped to the source's range, as the optimiser
     losses = [float(style_loss(multiscale_grams(frame[None], extractor, OCTAVES, "valid"), targets))
               for frame in x0]
     return x0, losses

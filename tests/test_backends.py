@@ -47,8 +47,9 @@ def test_the_same_steps_as_the_host_optimiser_it_replaced(backend, tmp_path):
     # lbfgs_reference.json: this run's losses with the numpy L-BFGS of commit a2ae687 (TensorFlow).
     # Measured: 3e-7 relative on tensorflow; 5e-4 on jax and torch, whose convolutions sum in
     # another order. That optimiser knew the Gram loss alone (--colour-weight 0), on a reflect-padded
-    # canvas without a hidden border (--margin 0)
-    done = cli(backend, *REFERENCE["argv"], "--colour-weight", "0", "--margin", "0", "--output-dir", str(tmp_path))
+    # canvas without a hidden border (--margin 0), pixels bounded to 0..255 (--pixel-range full)
+    done = cli(backend, *REFERENCE["argv"], "--colour-weight", "0", "--margin", "0", "--pixel-range", "full",
+               "--output-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     got = record(tmp_path)
     assert got["backend"] == backend and got["device"]

@@ -106,3 +106,31 @@ def test_a_real_run_keeps_the_sources_colours(tmp_path):
         else:
             assert record["final_loss"] > record["final_gram_loss"]
     assert chroma["10"] < 0.5 * chroma["0"]
+
+
+def test_the_result_keeps_to_the_sources_range_of_values_unless_told_otherwise(tmp_path):
+    # A grey source of 90..160, light dots on a darker ground: by default (--pixel-range source) no pixel
+    # of the result is darker or brighter than the source's; with --pixel-range full (0..255, the
+    # original's) the sharp dots' Gram matrices pull pixels past both ends (measured: 66..222).
+    from PIL import Image
+
+    from images import load_rgb
+    from synthesize import main
+
+    rows, cols = np.mgrid[:96, :96]
+    grey = np.full((96, 96), 90, np.uint8)
+    for y, x in np.random.default_rng(4).integers(0, 96, (40, 2)):
+        grey[(rows - y) ** 2 + (cols - x) ** 2 < 9] = 160
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(tmp_path / "dots.png")
+    ranges = {}
+    for mode in ("source", "full"):
+        out = tmp_path / mode
+        argv = ["-s", str(tmp_path / "dots.png"), "-ow", "64", "-o", "2", "-p", "reflect", "-m", "20",
+                "--network", "vgg19", "--random-seed", "2", "--pixel-range", mode, "--output-dir", str(out), "-q"]
+        assert main(argv) == 0
+        run_dir = next(out.iterdir())
+        assert json.loads((run_dir / "run.json").read_text())["args"]["pixel_range"] == mode
+        rgb = load_rgb(run_dir / "final_F0000.png")
+        ranges[mode] = (int(rgb.min()), int(rgb.max()))
+    assert ranges["source"][0] >= 90 and ranges["source"][1] <= 160, ranges
+    assert ranges["full"][0] < 80 and ranges["full"][1] > 170, ranges

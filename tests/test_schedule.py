@@ -221,7 +221,10 @@ def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
     argv, start, level = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1})
     assert (start, level) == (20, 1)
     assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--colour-weight", "0.0",
+                    "--pixel-range", "full", "--min-positions", "1",  # a run from before these: 0..255, every term
                     "--resume", str(run), "--init-image", str(run / "final_F0000.png")]  # before the colour term: none
+    argv, _, _ = resume({"args": {"pixel_range": "source", "min_positions": 64}})
+    assert argv[argv.index("--pixel-range") + 1] == "source" and argv[argv.index("--min-positions") + 1] == "64"
     argv, _, _ = resume({"args": {"schedule": "plain", "colour_weight": 1.0}})
     assert argv[argv.index("--colour-weight") + 1] == "1.0"  # the run's own loss, whatever today's default
     argv, _, _ = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1}, "--schedule", "plain")

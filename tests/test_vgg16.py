@@ -53,6 +53,27 @@ def test_caffe_round_trip():
     np.testing.assert_array_equal(vgg16.deprocess(x), rgb)
 
 
+def test_pixel_bounds_are_0_to_255_or_the_sources_range_per_channel():
+    low, high = vgg16.pixel_bounds()
+    np.testing.assert_array_equal(vgg16.deprocess(np.stack([low, high])), [[0, 0, 0], [255, 255, 255]])
+    grey = np.full((4, 5, 3), 120, np.uint8)
+    grey[0, 0], grey[1, 1] = 63, 207
+    tinted = np.full((2, 2, 3), (30, 120, 250), np.uint8)  # a second source widens each channel its own way
+    low, high = vgg16.pixel_bounds([vgg16.preprocess(grey), vgg16.preprocess(tinted)])
+    np.testing.assert_array_equal(vgg16.deprocess(np.stack([low, high])), [[30, 63, 63], [207, 207, 250]])
+
+
+def test_the_dark_start_lies_just_above_the_darkest_value_allowed():
+    from seeds import DARK_LEVEL, starting_images
+
+    rng = np.random.default_rng(0)
+    original = starting_images("dark", rng, 1, 40, 40, [])  # RGB 0 the darkest: the original's start
+    np.testing.assert_allclose(vgg16.deprocess(original).mean(axis=(0, 1, 2))[::-1], DARK_LEVEL, atol=0.2)
+    low = vgg16.preprocess(np.array([63.0, 63.0, 63.0]))
+    raised = starting_images("dark", rng, 1, 40, 40, [], low)
+    np.testing.assert_allclose(vgg16.deprocess(raised).mean(axis=(0, 1, 2)), 63 + DARK_LEVEL, atol=0.2)
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_model_is_truncated_and_sizes_match(vgg19, padding):
     outputs = ["block1_pool", "block3_conv2"]
