@@ -38,18 +38,23 @@ def dark_start(rng: np.random.Generator, count: int, height: int, width: int,
     return (noise + DARK_LEVEL + np.asarray(low, np.float32)).astype(np.float32)
 
 
-def symmetric_start(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
+def symmetric_start(rng: np.random.Generator, count: int, height: int, width: int,
+                    bounds: tuple = (-CAFFE_MEAN_BGR, 255.0 - CAFFE_MEAN_BGR)) -> np.ndarray:
     """A smooth, mirror-symmetric start around mid grey. Shape (count, H, W, 3).
 
     n = N(0, 1); n += n flipped vertically; n += n flipped horizontally; each
-    channel blurred (sigma 30) and scaled by 1500; plus 2 x fresh N(0, 1).
+    channel blurred (sigma 30) and scaled by 1500; plus 2 x fresh N(0, 1). Made for pixels in
+    0..255 and mapped linearly onto ``bounds`` ((low, high), each (3,), caffe space; by default
+    0..255 itself), so that a narrower range keeps its pattern instead of clipping it flat.
     """
     n = rng.standard_normal((count, height, width, 3)).astype(np.float32)
     n = n + n[:, ::-1]
     n = n + n[:, :, ::-1]
     blurred = gaussian_filter(n, sigma=(0, SYMMETRIC_SIGMA, SYMMETRIC_SIGMA, 0), mode="reflect")
     fresh = rng.standard_normal(n.shape).astype(np.float32)
-    return (blurred * SYMMETRIC_GAIN + SYMMETRIC_NOISE * fresh).astype(np.float32)
+    start = blurred * SYMMETRIC_GAIN + SYMMETRIC_NOISE * fresh  # caffe space, for 0..255
+    low, high = (np.asarray(b, np.float32) for b in bounds)
+    return (low + (start + CAFFE_MEAN_BGR) * ((high - low) / 255.0)).astype(np.float32)
 
 
 def image_start(image: np.ndarray, count: int, margin: int) -> np.ndarray:
@@ -62,18 +67,20 @@ def image_start(image: np.ndarray, count: int, margin: int) -> np.ndarray:
 
 
 def starting_images(mode: str, rng: np.random.Generator, count: int, height: int, width: int,
-                    sources: list[np.ndarray], low: np.ndarray = -CAFFE_MEAN_BGR) -> np.ndarray:
+                    sources: list[np.ndarray], bounds: tuple = (-CAFFE_MEAN_BGR, 255.0 - CAFFE_MEAN_BGR)
+                    ) -> np.ndarray:
     """The ``--seed`` start of the given mode, shape (count, H, W, 3), caffe space.
 
     ``sources``: the caffe-space source images (H, W, 3); ``random`` takes the
-    colour statistics of all their pixels. ``low``: the darkest pixel allowed ((3,), caffe space),
-    which ``dark`` starts just above.
+    colour statistics of all their pixels. ``bounds``: (low, high), each (3,), caffe space: the
+    pixel values allowed (``vgg16.pixel_bounds``), which ``dark`` starts just above the low end of
+    and ``symmetric`` is mapped onto.
     """
     if mode == "random":
         pixels = np.concatenate([s.reshape(-1, 3) for s in sources]).astype(np.float64)
         return colour_noise_start(rng, count, height, width, pixels)
     if mode == "dark":
-        return dark_start(rng, count, height, width, low)
+        return dark_start(rng, count, height, width, bounds[0])
     if mode == "symmetric":
-        return symmetric_start(rng, count, height, width)
+        return symmetric_start(rng, count, height, width, bounds)
     raise ValueError(f"unknown seed mode {mode!r}")

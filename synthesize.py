@@ -144,7 +144,8 @@ def make_parser() -> argparse.ArgumentParser:
                        "gives the same images on the same machine (default: drawn, printed and recorded "
                        "in run.json)")
     optim.add_argument("--init-image", default=None, metavar="PATH",
-                       help="Start from this image (resized to the output size) instead of --seed noise")
+                       help="Start from this image (resized to the output size; its values brought into "
+                       "--pixel-range) instead of --seed noise")
     optim.add_argument("--resume", default=None, metavar="RUN_DIR",
                        help="Continue an earlier (possibly interrupted) run from its last saved image, "
                        "with the options in its run.json, into a new run directory; options given "
@@ -835,7 +836,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     if init_rgb is not None:
         x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
     else:
-        x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources, bounds[0])
+        x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources, bounds)
     x0 = np.clip(x0, *bounds)  # pixels stay in --pixel-range throughout (see optimise)
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,

@@ -70,8 +70,20 @@ def test_the_dark_start_lies_just_above_the_darkest_value_allowed():
     original = starting_images("dark", rng, 1, 40, 40, [])  # RGB 0 the darkest: the original's start
     np.testing.assert_allclose(vgg16.deprocess(original).mean(axis=(0, 1, 2))[::-1], DARK_LEVEL, atol=0.2)
     low = vgg16.preprocess(np.array([63.0, 63.0, 63.0]))
-    raised = starting_images("dark", rng, 1, 40, 40, [], low)
+    raised = starting_images("dark", rng, 1, 40, 40, [], (low, low + 100))
     np.testing.assert_allclose(vgg16.deprocess(raised).mean(axis=(0, 1, 2)), 63 + DARK_LEVEL, atol=0.2)
+
+
+def test_the_symmetric_start_is_mapped_onto_the_range_allowed():
+    from seeds import starting_images
+
+    full = starting_images("symmetric", np.random.default_rng(1), 1, 48, 40, [])
+    narrow = (vgg16.preprocess(np.array([63.0, 63.0, 63.0])), vgg16.preprocess(np.array([207.0, 207.0, 207.0])))
+    mapped = starting_images("symmetric", np.random.default_rng(1), 1, 48, 40, [], narrow)
+    rgb_full, rgb_mapped = (x[..., ::-1] + vgg16.CAFFE_MEAN_BGR[::-1] for x in (full, mapped))
+    np.testing.assert_allclose(rgb_mapped, 63 + rgb_full * (144 / 255), rtol=1e-5, atol=1e-3)
+    # what the optimiser starts from: no more pixels clipped to a bound than with 0..255
+    assert np.mean((rgb_mapped <= 63) | (rgb_mapped >= 207)) == np.mean((rgb_full <= 0) | (rgb_full >= 255))
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
