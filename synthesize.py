@@ -76,9 +76,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Save an in-progress optimization image every SAVE_EVERY iterations")
     output.add_argument("--margin", type=int, default=None,
                         help=f"Hidden border, in pixels per side, optimised around the image and cropped "
-                        "away so that the border is as detailed as the middle (default: half the deepest "
-                        f"layer's receptive field, at most {MARGIN_CAP}: 16 with the default --layers; 0 for "
-                        "the original's behaviour; not used with --tile)")
+                        "away so that the border is as detailed as the middle (default: the deepest layer's "
+                        "receptive field with --padding-mode valid, half of it with reflect or same, at most "
+                        f"{MARGIN_CAP}: 32 and 16 with the default --layers; 0 for the original's behaviour; not "
+                        "used with --tile)")
     output.add_argument("--tile", action="store_true",
                         help="Make the result tile seamlessly: every convolution, pooling and pyramid "
                         "reduction on the synthesised image wraps around (circular padding), so opposite "
@@ -116,7 +117,7 @@ def make_parser() -> argparse.ArgumentParser:
                          help="Leave a layer's Gram matrix out of an octave's loss where the layer sees that octave "
                          "of the output (or of a source) at fewer positions than this: from a few positions a Gram "
                          "matrix is no texture statistic, its loss dominates and pulls the whole picture (with "
-                         "the default options, the coarsest octave of outputs under 469 px and of sources under "
+                         "the default options, the coarsest octave of outputs under 437 px and of sources under "
                          "501 px); each one left out is warned about. 1: keep every one, the original's loss "
                          "(default: %(default)s)")
 
@@ -374,17 +375,23 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
 # Sizes
 
 
-def default_margin(network: str, deepest: str) -> int:
-    """The hidden border (px per side) when --margin is not given: half the receptive field of the
-    ``deepest`` layer (16 px for block3_conv2), at most MARGIN_CAP. Pixels near the edge lie in fewer
-    of the layers' windows (valid padding) or in windows that see padding (mirrored or zeros), are held
-    less firmly by the loss and come out blurred or streaky. Half the field is a measured choice
-    (README, Clean edges): 8 px left a band, 16 px none, on five sources; the coarser levels get
-    the margin shrunk with them (2 px at the coarsest of 4 octaves)."""
+def default_margin(network: str, deepest: str, padding: str) -> int:
+    """The hidden border (px per side) when --margin is not given: the receptive field of the
+    ``deepest`` layer with ``--padding-mode valid`` (32 px for block3_conv2), half of it with the
+    padded modes (16 px), at most MARGIN_CAP. Pixels near the edge lie in fewer of the layers'
+    windows (valid padding) or in windows that see padding (mirrored or zeros), are held less firmly
+    by the loss and come out blurred or streaky; the coarser levels get the margin shrunk with them.
+    Measured choices (README, Clean edges): with the padded modes 8 px left a band, 16 px none (2 px
+    left at the coarsest of 4 octaves). Valid padding's pyramid also eats 2 px per side at each
+    reduction, so 16 px left the coarsest octave a quarter of a pixel and the outer 4 px of gravel and
+    grass came out 10-15% busier than the middle; the whole field leaves it 2.25 px, about what the
+    padded modes have, and no rim."""
+    from pyramid import shrinks
     from vgg16 import receptive_fields
 
     _, first, last = receptive_fields(network, deepest, "valid")[-1]
-    return min((last - first + 1) // 2, MARGIN_CAP)
+    field = last - first + 1
+    return min(field if shrinks(padding) else field // 2, MARGIN_CAP)
 
 
 def minimum_side(network: str, layers: Sequence[str], octaves: int, padding: str) -> int:
@@ -706,7 +713,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     deepest = layer_name(network, max(args.layers))
     require_layers(loaded, deepest)
     if args.margin is None:  # resolved here, where the network is known; run.json records it
-        args.margin = default_margin(network, deepest)
+        args.margin = default_margin(network, deepest, args.padding_mode)
     margin = args.margin
     canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     # the synthesised image's boundary; the sources' targets always use --padding-mode
