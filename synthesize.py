@@ -76,10 +76,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Save an in-progress optimization image every SAVE_EVERY iterations")
     output.add_argument("--margin", type=int, default=None,
                         help=f"Hidden border, in pixels per side, optimised around the image and cropped "
-                        "away so that the border is as detailed as the middle (default: the deepest layer's "
-                        "receptive field with --padding-mode valid, half of it with reflect or same, at most "
-                        f"{MARGIN_CAP}: 32 and 16 with the default --layers; 0 for the original's behaviour; not "
-                        "used with --tile)")
+                        "away so that the border is as detailed as the middle (default: half the deepest "
+                        f"layer's receptive field, at most {MARGIN_CAP}, plus 2^octaves with --padding-mode valid, "
+                        "whose pyramid eats into it: 32 with the default --layers and --octaves, 16 with reflect "
+                        "or same; 0 for the original's behaviour; not used with --tile)")
     output.add_argument("--tile", action="store_true",
                         help="Make the result tile seamlessly: every convolution, pooling and pyramid "
                         "reduction on the synthesised image wraps around (circular padding), so opposite "
@@ -357,7 +357,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
     colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
     same_loss = ["--colour-weight", str(colour)] if type(colour) in (int, float) else []  # JSON numbers, not bools
-    margin = recorded_args.get("margin")  # the canvas it had (the default margin changed: 8 valid / 0, now 16)
+    margin = recorded_args.get("margin")  # the canvas it had (the default margin changed: 8 valid / 0, 16, now 16 + 2^octaves valid)
     tiled = "--tile" in argv or recorded_args.get("tile") is True  # --tile takes no margin
     same_canvas = ["--margin", str(margin)] if type(margin) is int and margin >= 0 and not tiled else []
     pixel_range = recorded_args.get("pixel_range", "full")  # a run from before --pixel-range had 0..255
@@ -375,23 +375,24 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
 # Sizes
 
 
-def default_margin(network: str, deepest: str, padding: str) -> int:
-    """The hidden border (px per side) when --margin is not given: the receptive field of the
-    ``deepest`` layer with ``--padding-mode valid`` (32 px for block3_conv2), half of it with the
-    padded modes (16 px), at most MARGIN_CAP. Pixels near the edge lie in fewer of the layers'
+def default_margin(network: str, deepest: str, padding: str, octaves: int) -> int:
+    """The hidden border (px per side) when --margin is not given: half the receptive field of the
+    ``deepest`` layer, at most MARGIN_CAP (16 px for block3_conv2), and with ``--padding-mode valid``
+    2^``octaves`` px more (32 px with 4 octaves). Pixels near the edge lie in fewer of the layers'
     windows (valid padding) or in windows that see padding (mirrored or zeros), are held less firmly
-    by the loss and come out blurred or streaky; the coarser levels get the margin shrunk with them.
-    Measured choices (README, Clean edges): with the padded modes 8 px left a band, 16 px none (2 px
-    left at the coarsest of 4 octaves). Valid padding's pyramid also eats 2 px per side at each
-    reduction, so 16 px left the coarsest octave a quarter of a pixel and the outer 4 px of gravel and
-    grass came out 10-15% busier than the middle; the whole field leaves it 2.25 px, about what the
-    padded modes have, and no rim."""
+    by the loss and come out blurred or streaky; the coarser levels get the margin shrunk with them,
+    level k half the margin of level k-1: h / 2^k with reflect padding. Measured (README, Clean
+    edges): 8 px left a band, 16 px none. Valid padding's pyramid also eats 2 px per side at each
+    reduction (level k keeps m / 2^k - 2 (1 - 2^-k) of a margin m), so 16 px left the coarsest of 4
+    octaves a quarter of a pixel and the outer 4 px of gravel and grass came out 10-15% busier than
+    the middle; with h + 2^octaves every level keeps more than h / 2^k (2.25 px at the coarsest of
+    4, 1.125 of 5) and the rim was gone."""
     from pyramid import shrinks
     from vgg16 import receptive_fields
 
     _, first, last = receptive_fields(network, deepest, "valid")[-1]
-    field = last - first + 1
-    return min(field if shrinks(padding) else field // 2, MARGIN_CAP)
+    half = min((last - first + 1) // 2, MARGIN_CAP)
+    return half + 2 ** octaves if shrinks(padding) else half
 
 
 def minimum_side(network: str, layers: Sequence[str], octaves: int, padding: str) -> int:
@@ -437,8 +438,9 @@ def sparse_terms(sizes, network: str, layers: Sequence[str], padding: str,
     near the source's, whose loss then dominates the run and pulls the whole picture. The tissue
     photo, valid padding, 4 octaves, with block3_conv2's term kept: colours it lacks on 0.25%, 0.18%,
     0.10% and 0.015% of the pixels with block3_conv2 seeing the coarsest level at 1x1, 3x3, 5x5 and
-    9x9 positions (256, 320, 384 and 512 px); 0.005%, 0.10% and 0.05% at 256, 320 and 384 px with
-    that one term left out (README, Limitations)."""
+    9x9 positions (256, 320, 384 and 512 px, with the 16 px margin of then; 2x2, 4x4, 6x6 and 10x10
+    with today's 32 px); 0.005%, 0.10% and 0.05% at 256, 320 and 384 px with that one term left out
+    (README, Limitations)."""
     from vgg16 import layer_sizes
 
     sparse = []
@@ -713,7 +715,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     deepest = layer_name(network, max(args.layers))
     require_layers(loaded, deepest)
     if args.margin is None:  # resolved here, where the network is known; run.json records it
-        args.margin = default_margin(network, deepest, args.padding_mode)
+        args.margin = default_margin(network, deepest, args.padding_mode, args.octaves)
     margin = args.margin
     canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     # the synthesised image's boundary; the sources' targets always use --padding-mode

@@ -73,8 +73,9 @@ def test_small_real_run_in_process(tmp_path, capsys):
     captured = capsys.readouterr()
     assert str(run_dir) in captured.out  # the summary line names the directory
     warned = [line[len("warning: "):] for line in captured.err.splitlines() if line.startswith("warning: ")]
-    assert warned == [] and record["warnings"] == []  # what stderr said (nothing), for scripts
-    # (the second octave, 78x70 px with the 32 px margin, gives block3_conv2 enough positions)
+    assert len(warned) == 1 and record["warnings"] == warned  # what stderr said, for scripts
+    # (the second octave, 66x58 px with the 20 px margin of 2 octaves, gives block3_conv2 7x9 positions,
+    # under 64)
 
 
 def test_terms_with_too_few_positions_are_named():
@@ -84,10 +85,11 @@ def test_terms_with_too_few_positions_are_named():
     def sparse(side: int, padding: str = "valid", layers=("block1_conv2", "block3_conv2"), least: int = 64) -> list:
         return sparse_terms(level_sizes(side, side, 4, padding), "vgg19", list(layers), padding, least)
 
-    # 256 px plus the 16 px margin, valid padding, 4 octaves: block3_conv2 sees the coarsest level
-    # (33 px) at one position, at 384 px at 5x5; block1_conv2 sees it at 29x29; at 512 px (9x9
-    # positions there) or with reflect padding every term has enough
+    # 256 px plus the 16 px margin valid padding had before, 4 octaves: block3_conv2 sees the coarsest
+    # level (33 px) at one position, at 384 px at 5x5; block1_conv2 sees it at 29x29; at 512 px (9x9
+    # positions there) or with reflect padding every term has enough; with today's 32 px, 2x2
     assert sparse(288) == [(3, "block3_conv2", (33, 33), (1, 1))]
+    assert sparse(320) == [(3, "block3_conv2", (37, 37), (2, 2))]
     assert sparse(416) == [(3, "block3_conv2", (49, 49), (5, 5))]
     assert sparse(544) == [] and sparse(288, "reflect") == []
     assert sparse(128, "reflect") == [(3, "block3_conv2", (16, 16), (4, 4))]
@@ -95,20 +97,22 @@ def test_terms_with_too_few_positions_are_named():
     assert [term[:2] for term in sparse(288, least=842)] == [  # block1_conv2 at the coarsest: 29x29 = 841
         (1, "block3_conv2"), (2, "block3_conv2"), (3, "block1_conv2"), (3, "block3_conv2")]
     assert sparse(544, least=82) == [(3, "block3_conv2", (65, 65), (9, 9))] and sparse(544, least=81) == []
-    # the smallest output that would do: 469 px (501 with the margin), and not one pixel less
+    # the smallest output that would do: 469 px (501 with the 16 px margin), and not one pixel less;
+    # 437 px with today's 32 px
     assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 32) == 469
+    assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 64) == 437
     assert sparse(501) == [] and sparse(500) != []
 
 
 def test_terms_with_too_few_positions_are_left_out_and_warned_about_once_the_checks_pass(tmp_path, capsys):
     # 67 px is the smallest source 2 octaves allow: its second level gives block3_conv2 one position;
-    # a 35 px output's (48 px with the 32 px margin), 5x5
+    # a 35 px output's (36 px with the 20 px margin of 2 octaves), 2x2
     assert main(small_run_args(tmp_path, "-ow", "35", "-sw", "67", "-m", "1")) == 0
     err = capsys.readouterr().err
     assert ("warning: the output (with its hidden margin): with --octaves 2, block3_conv2 sees octave 2 "
-            "(48x48 px) at 5x5 position(s), fewer than --min-positions 64: too few for a Gram matrix to stand "
+            "(36x36 px) at 2x2 position(s), fewer than --min-positions 64: too few for a Gram matrix to stand "
             "for a texture, so left out of the loss") in err
-    assert "an output of at least 59x59 or --octaves 1 or --padding-mode reflect keeps every octave whole" in err
+    assert "an output of at least 83x83 or --octaves 1 or --padding-mode reflect keeps every octave whole" in err
     assert f"warning: --source {EXAMPLE}: with --octaves 2, block3_conv2 sees octave 2 (32x32 px) at 1x1" in err
     assert "a source at least 123 px on its shorter side (--source-width, --source-scale) or --octaves 1" in err
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")]

@@ -184,7 +184,7 @@ def test_worst_growth_is_the_largest_multiple_over_growths_and_octaves():
 
 @pytest.mark.parametrize("padding", ["reflect", "valid"])
 def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
-    # valid padding needs 67 px for 2 octaves; the hidden margin makes the canvas 128 px (reflect too)
+    # valid padding needs 67 px for 2 octaves; the hidden margin makes the canvas 136 px (reflect: 128)
     argv = ["-s", str(EXAMPLE), "-ow", "96", "-o", "2", "-m", "20", "-n", "5", "--network", "vgg19",
             "--random-seed", "1", "--schedule", "coarse-to-fine", "-p", padding, "--output-dir", str(tmp_path), "-q"]
     assert main(argv) == 0
