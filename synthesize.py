@@ -357,7 +357,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
     colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
     same_loss = ["--colour-weight", str(colour)] if type(colour) in (int, float) else []  # JSON numbers, not bools
-    margin = recorded_args.get("margin")  # the canvas it had (the default margin changed: 8 valid / 0, 16, now 16 + 2^octaves valid)
+    margin = recorded_args.get("margin")  # the canvas it had (the default changed: 8 valid / 0, 16, 16 + 2^octaves)
     tiled = "--tile" in argv or recorded_args.get("tile") is True  # --tile takes no margin
     same_canvas = ["--margin", str(margin)] if type(margin) is int and margin >= 0 and not tiled else []
     pixel_range = recorded_args.get("pixel_range", "full")  # a run from before --pixel-range had 0..255
