@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from vgg16 import CAFFE_MEAN_BGR
+from vgg16 import CAFFE_MEAN_BGR, pixel_bounds
+
+FULL_RANGE = pixel_bounds()  # RGB 0..255 in caffe space, the default bounds of the starts
 
 SEED_MODES = ("random", "dark", "symmetric")
 DARK_LEVEL = 10.0  # the original's random start: noise around this pixel value (0..255)
@@ -31,7 +33,7 @@ def colour_noise_start(rng: np.random.Generator, count: int, height: int, width:
 
 
 def dark_start(rng: np.random.Generator, count: int, height: int, width: int,
-               low: np.ndarray = -CAFFE_MEAN_BGR) -> np.ndarray:
+               low: np.ndarray = FULL_RANGE[0]) -> np.ndarray:
     """The original's start: N(0, 1) noise 10 pixel values above the darkest allowed, ``low`` ((3,), caffe
     space; by default RGB 0: nearly black). Shape (count, H, W, 3)."""
     noise = rng.standard_normal((count, height, width, 3), dtype=np.float32)
@@ -39,7 +41,7 @@ def dark_start(rng: np.random.Generator, count: int, height: int, width: int,
 
 
 def symmetric_start(rng: np.random.Generator, count: int, height: int, width: int,
-                    bounds: tuple = (-CAFFE_MEAN_BGR, 255.0 - CAFFE_MEAN_BGR)) -> np.ndarray:
+                    bounds: tuple = FULL_RANGE) -> np.ndarray:
     """A smooth, mirror-symmetric start around mid grey. Shape (count, H, W, 3).
 
     n = N(0, 1); n += n flipped vertically; n += n flipped horizontally; each
@@ -67,7 +69,7 @@ def image_start(image: np.ndarray, count: int, margin: int) -> np.ndarray:
 
 
 def starting_images(mode: str, rng: np.random.Generator, count: int, height: int, width: int,
-                    sources: list[np.ndarray], bounds: tuple = (-CAFFE_MEAN_BGR, 255.0 - CAFFE_MEAN_BGR)
+                    sources: list[np.ndarray], bounds: tuple = FULL_RANGE
                     ) -> np.ndarray:
     """The ``--seed`` start of the given mode, shape (count, H, W, 3), caffe space.
 
