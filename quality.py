@@ -20,20 +20,68 @@ def border_distance(height: int, width: int) -> np.ndarray:
     return np.minimum(rows[:, None], cols[None, :])
 
 
-def frame_ratios(rgb: np.ndarray, band: int) -> tuple[float, float]:
-    """(luminance ratio, contrast ratio) of the outer ``band`` pixels against the interior.
-
-    The interior is the central half of the image (pixels at least a quarter of
-    the smaller side away from every edge). Luminance ratio: mean luminance of
-    the band / mean of the interior (1 = no dark or light frame). Contrast
-    ratio: standard deviation of luminance in the band / in the interior
-    (1 = the border is as detailed as the middle; a blurred rim gives less).
-    """
-    y = luminance(rgb)
-    distance = border_distance(*y.shape)
-    outer = y[distance < band]
+def _against_interior(y: np.ndarray, distance: np.ndarray, low: int, high: int) -> tuple[float, float]:
+    """(luminance ratio, contrast ratio) of the pixels of luminance ``y`` (H, W) whose ``distance``
+    to the edge is in low..high-1 against the interior: the central half of the image (pixels at
+    least a quarter of the smaller side away from every edge). Mean over the interior's mean (1 =
+    no dark or light frame); standard deviation over the interior's (1 = as detailed as the
+    middle; a blurred rim gives less)."""
+    outer = y[(distance >= low) & (distance < high)]
     inner = y[distance >= min(y.shape) // 4]
     return float(outer.mean() / inner.mean()), float(outer.std() / inner.std())
+
+
+def frame_ratios(rgb: np.ndarray, band: int) -> tuple[float, float]:
+    """(luminance ratio, contrast ratio) of the outer ``band`` pixels of an RGB image (H, W, 3)
+    against its interior (see ``_against_interior``)."""
+    y = luminance(rgb)
+    return _against_interior(y, border_distance(*y.shape), 0, band)
+
+
+FRAME_RANGES = ((0.95, 1.05), (0.9, 1.1))  # (luminance, contrast) ratios within which no frame shows
+
+
+def band_profile(rgb: np.ndarray, step: int = 4, depth: int = 64) -> np.ndarray:
+    """``frame_ratios`` of each ``step`` px ring from the edge of an RGB image (H, W, 3) inwards,
+    to ``depth`` px: (depth // step, 2). A frame shows in the outer rings only; ratios off 1 at
+    every depth mean that the middle differs from the rest. ``depth`` must be a multiple of
+    ``step`` and at most a quarter of the smaller side (deeper rings would reach the interior)."""
+    y = luminance(rgb)
+    if step < 1 or depth < step or depth % step or depth > min(y.shape) // 4:
+        raise ValueError(f"rings of {step} px to {depth} px deep need depth a multiple of step and at most "
+                         f"{min(y.shape) // 4} px (a quarter of the smaller side) in a {y.shape[0]}x{y.shape[1]} image")
+    distance = border_distance(*y.shape)
+    return np.array([_against_interior(y, distance, start, start + step) for start in range(0, depth, step)])
+
+
+def crop_frame_ratios(rgb: np.ndarray, size: int, count: int = 300, bands: tuple[int, ...] = (4, 12),
+                      seed: int = 0) -> np.ndarray:
+    """``frame_ratios`` of ``count`` random ``size`` px square crops of a photo (H, W, 3), each
+    band's (luminance, contrast) in turn: (count, 2 len(bands)). What pictures without any frame
+    score: the spread says how far one picture's ratios move with where its content falls (wide
+    for sources of large structures or regions). ``size`` must fit the photo and be at least 4x
+    the widest band (so that no band reaches the interior); ``count`` at least 1."""
+    height, width = rgb.shape[:2]
+    if count < 1 or min(bands) < 1 or not 4 * max(bands) <= size <= min(height, width):
+        raise ValueError(f"{count} crops of {size} px with bands {', '.join(map(str, bands))} px: need at least one "
+                         f"crop, bands of at least 1 px and a side from 4x the widest band to {min(height, width)} "
+                         f"px (the {height}x{width} image's smaller side)")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(count):
+        top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+        crop = rgb[top:top + size, left:left + size]
+        rows.append([ratio for band in bands for ratio in frame_ratios(crop, band)])
+    return np.array(rows)
+
+
+def within_frame_ranges(ratios: np.ndarray) -> np.ndarray:
+    """Which rows of (luminance, contrast) pairs, (n, 2 k) or one row (2 k,), have every ratio
+    within ``FRAME_RANGES``: bool (n,)."""
+    ratios = np.atleast_2d(ratios)
+    (lum_low, lum_high), (con_low, con_high) = FRAME_RANGES
+    lum, con = ratios[:, 0::2], ratios[:, 1::2]
+    return np.all((lum >= lum_low) & (lum <= lum_high), axis=1) & np.all((con >= con_low) & (con <= con_high), axis=1)
 
 
 def seam_ratio(rgb: np.ndarray) -> float:

@@ -103,7 +103,8 @@ def make_parser() -> argparse.ArgumentParser:
     network.add_argument("--padding-mode", "-p", choices=PADDING_MODES, default="valid",
                          help="What boundary condition to use for convolutions, pooling and the pyramid: "
                          "valid (none; each level must be large enough), same (zeros), reflect (mirror; "
-                         "no size limit). With --tile it applies to the sources only")
+                         "no size limit; measured on brick, lays its mortar out evenly to the edges where valid "
+                         "gathers it in the middle). With --tile it applies to the sources only")
     network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
     network.add_argument("--octave-weights", type=float, nargs="+", default=None, metavar="W",
                          help="Weight of each octave's loss terms, finest first, one per octave (default: all 1)")

@@ -76,6 +76,77 @@ def test_frame_ratios_of_a_dark_frame():
     assert lum == pytest.approx(0.5, abs=0.02) and contrast == pytest.approx(0.0, abs=1e-9)
 
 
+def test_band_profile_tells_a_frame_from_a_different_middle():
+    from quality import band_profile
+
+    rng = np.random.default_rng(0)
+    image = 100 + 20 * rng.standard_normal((128, 128, 3))
+    framed = image.copy()
+    framed[border_distance(128, 128) < 4] = 50  # a frame: the first ring alone
+    profile = band_profile(framed, 4, 32)
+    assert profile.shape == (8, 2)
+    assert profile[0] == pytest.approx([0.5, 0.0], abs=0.03)
+    assert np.allclose(profile[1:], 1.0, atol=0.06), profile
+    bright_middle = image.copy()
+    bright_middle[32:96, 32:96] *= 1.5  # the interior brighter and busier: every ring below 1
+    profile = band_profile(bright_middle, 4, 32)
+    assert (profile < 0.8).all(), profile
+    for step, depth in [(4, 36), (4, 10), (0, 8)]:  # past a quarter of the side; not a multiple; no ring
+        with pytest.raises(ValueError, match="multiple of step"):
+            band_profile(image, step, depth)
+
+
+def test_crop_frame_ratios_are_those_of_crops_and_spread_with_large_regions():
+    from quality import crop_frame_ratios, within_frame_ranges
+
+    rng = np.random.default_rng(1)
+    wide = 100 + 20 * rng.standard_normal((96, 128, 3))
+    wide[:, :, :] *= np.linspace(0.5, 1.5, 128)[None, :, None]  # every column different
+    crops = crop_frame_ratios(wide, 96, count=5)
+    assert crops.shape == (5, 4)
+    possible = [[*frame_ratios(wide[:, left:left + 96], 4), *frame_ratios(wide[:, left:left + 96], 12)]
+                for left in range(33)]  # a 96 px crop of a 96x128 image: any of 33 offsets, whole rows
+    for row in crops:
+        assert np.isclose(possible, row).all(axis=1).any(), row
+    noise = 100 + 20 * rng.standard_normal((160, 160, 3))
+    assert within_frame_ranges(crop_frame_ratios(noise, 96, count=20)).all()  # stationary: no frame
+    patches = noise.copy()  # large dark regions, as a photo of big structures: each crop differs
+    for top, left in [(0, 0), (40, 110), (100, 30), (120, 120)]:
+        patches[top:top + 30, left:left + 30] *= 0.3
+    crops = crop_frame_ratios(patches, 96, count=40)
+    assert crops[:, 1].std() > 0.1 and within_frame_ranges(crops).mean() < 0.5
+    for size, count in [(200, 5), (40, 5), (96, 0)]:  # larger than the photo; bands reach the middle; none
+        with pytest.raises(ValueError, match="need at least one crop"):
+            crop_frame_ratios(noise, size, count)
+
+
+def test_frame_ratios_cli_crops_and_one_line_errors(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("frame_ratios_cli", REPO / "benchmarks" / "frame_ratios.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    brick = str(REPO / "examples" / "brick.png")
+    assert cli.main(["--crops", brick, "--size", "128", "--count", "3"]) == 0
+    assert "3 crops of 128 px" in capsys.readouterr().out
+    for argv, named in [(["--crops", brick, "--size", "600"], "--size 600"), (["--profile"], "IMAGE"),
+                        (["--crops", brick, "--count", "0"], "--count 0"),
+                        (["--crops", str(REPO / "no_such.png")], "--crops")]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        message = err[-1] if err else str(exit_.value.code)
+        assert exit_.value.code != 0 and named in message, (argv, message)
+
+
+def test_within_frame_ranges_closed_forms():
+    from quality import within_frame_ranges
+
+    rows = np.array([[1.0, 1.0, 1.0, 1.0], [1.05, 0.9, 0.95, 1.1], [1.06, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.89]])
+    assert within_frame_ranges(rows).tolist() == [True, True, False, False]
+    assert within_frame_ranges(np.array([1.0, 1.2])).tolist() == [False]
+
+
 def _run(tmp_path, texture: str, *flags: str) -> tuple[float, float, float, float]:
     out = tmp_path / f"{texture}{'_'.join(flags)}"
     argv = ["-s", str(REPO / "examples" / f"{texture}.png"), "-sw", "256", "-ow", "128", "-o", "2",
