@@ -91,8 +91,9 @@ def pixel_bounds(sources: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.nda
     value of each channel over all of them (a grey photo of 63..207 keeps its result in 63..207)."""
     if not len(sources):
         return (-CAFFE_MEAN_BGR).astype(np.float32), (255.0 - CAFFE_MEAN_BGR).astype(np.float32)
-    pixels = np.concatenate([np.asarray(s, np.float32).reshape(-1, 3) for s in sources])
-    return pixels.min(axis=0), pixels.max(axis=0)
+    flat = [np.asarray(s).reshape(-1, 3) for s in sources]  # views: no copy of a large source
+    return (np.min([f.min(axis=0) for f in flat], axis=0).astype(np.float32),
+            np.max([f.max(axis=0) for f in flat], axis=0).astype(np.float32))
 
 
 def deprocess(x: np.ndarray) -> np.ndarray:
