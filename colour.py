@@ -5,10 +5,13 @@ show colours its source never has (purple blotches on grey-green bark, colour fr
 gravel). This term compares the colour distributions directly, level by level of the pyramid: a
 sliced Wasserstein distance (Rabin et al. 2011; used for textures by Heitz et al. 2021): the
 pixels' colours projected on a few directions of colour space, sorted, against the sources'
-sorted projections (their quantiles). It is zero when every projection's distribution matches,
-and it pulls each compared pixel towards the colour of its rank in the source. Four directions in
-the chroma plane do not pin the joint distribution, and lightness is left to the Gram matrices
-(see ``colour_directions``); on levels larger than ``SAMPLE_PIXELS`` only a fixed sample of the
+sorted projections (their quantiles). Lightness is left to the Gram matrices, but it orders the
+comparison: the pixels are ranked by lightness and cut into bins (``BIN_EDGES``), and each bin's
+chroma is compared with that of the sources' pixels in the same bin, so that a tint only the
+source's light pixels have (a galaxy on black sky) is not matched by tinting dark ones. It is zero
+when every bin's projections match, and it pulls each compared pixel towards the colour of its
+rank in the source's bin. Four directions in the chroma plane do not pin the joint distribution
+(see ``colour_axes``); on levels larger than ``SAMPLE_PIXELS`` only a fixed sample of the
 pixels is compared there (the coarser levels hold the rest).
 """
 
@@ -21,23 +24,36 @@ import numpy as np
 
 SAMPLE_PIXELS = 2 ** 20  # a level with more pixels is compared on this many (fixed, spread at random)
 COLOUR_WEIGHT = 1.0  # --colour-weight default
+# Lightness bins, as fractions of a level's pixels ranked darkest first: finer towards either end,
+# where a photo's few darkest or lightest pixels (a galaxy on black sky, ink on paper) have colours
+# of their own.
+BIN_EDGES = (0.0, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 15 / 16, 31 / 32, 63 / 64, 1.0)
 
 
-def colour_directions(pixels: np.ndarray) -> np.ndarray:
-    """Unit directions (4, 3) of colour space to project on: the two minor principal axes of
-    ``pixels`` (n, 3) and the two halfway between them, (a +- b) / sqrt 2. float32.
+def colour_axes(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ranking axis (3,), chroma directions (4, 3)) of ``pixels`` (n, 3), float32, unit length:
+    their major principal axis, signed to grow with the channels' sum (in photos nearly lightness,
+    which it stands for here; in a source whose strongest variation is a hue, that hue), and the
+    two minor principal axes a, b with the two halfway between them, (a +- b) / sqrt 2.
 
-    The major axis, in photos nearly luminance, is left to the Gram matrices: matching its
-    distribution at every level as well pulled against the texture's structure (brick: the Gram
-    loss 1.46x at equal iterations with it, 1.11x without; its mixtures with the minor axes
-    alone: 1.34x), while the colours that do not belong lie off it (orange on brown-and-blue
-    tissue; any tint at all on grey gravel). Two pairs of directions in that plane see its joint
-    distribution, not only each axis's.
+    The major axis is left to the Gram matrices: matching its distribution at every level as well
+    pulled against the texture's structure (brick: the Gram loss 1.46x at equal iterations with
+    it, 1.11x without; its mixtures with the minor axes alone: 1.34x), while the colours that do
+    not belong lie off it (orange on brown-and-blue tissue; any tint at all on grey gravel). Two
+    pairs of directions in the minor plane see its joint distribution, not only each axis's; the
+    pixels' rank on the major axis decides which of the source's colours they are compared with
+    (``BIN_EDGES``).
     """
-    pixels = np.asarray(pixels, np.float64).reshape(-1, 3)
-    _, axes = np.linalg.eigh(np.cov(pixels, rowvar=False))  # columns, smallest variance first
-    a, b = axes[:, 1], axes[:, 0]
-    return np.stack([a, b, (a + b) / np.sqrt(2), (a - b) / np.sqrt(2)]).astype(np.float32)
+    axes = np.linalg.eigh(np.cov(np.asarray(pixels, np.float64).reshape(-1, 3), rowvar=False))[1]
+    major, a, b = axes[:, 2], axes[:, 1], axes[:, 0]  # eigh: smallest variance first
+    directions = np.stack([a, b, (a + b) / np.sqrt(2), (a - b) / np.sqrt(2)])
+    return (major * np.sign(major.sum() or 1.0)).astype(np.float32), directions.astype(np.float32)
+
+
+def bin_bounds(n: int, edges=BIN_EDGES) -> np.ndarray:
+    """Where each lightness bin starts among n ranked pixels, and n: int64 (B + 1,), nondecreasing
+    (``edges`` x n, rounded). A bin may be empty on a tiny level."""
+    return np.round(np.asarray(edges) * n).astype(np.int64)
 
 
 def quantiles(values: np.ndarray, n: int) -> np.ndarray:
@@ -63,13 +79,18 @@ def sample_positions(height: int, width: int, seed: int = 0) -> np.ndarray | Non
 class ColourTarget:
     """What one pyramid level's colours are compared with.
 
-    ``directions``: (k, 3); ``sorted``: (n, k), the sources' quantiles of each projection for the
-    level's n compared pixels; ``positions``: which pixels (``sample_positions``); ``scale``: 1 /
-    the sources' colour variance (the sum over channels), so that the term does not depend on
-    how contrasted the source is.
+    ``directions``: (k, 3) chroma directions; ``lightness``: (3,) the axis pixels are ranked on;
+    ``bounds``: (B + 1,) where each lightness bin starts among the level's n compared pixels
+    (``bin_bounds``); ``sorted``: (n, k), bin after bin, the quantiles of each chroma projection of
+    the sources' pixels in the same lightness bin (the same fractions of the sources' pixels,
+    ranked alike); ``positions``: which pixels (``sample_positions``); ``scale``: 1 / the sources'
+    colour variance (the sum over channels), so that the term does not depend on how contrasted
+    the source is.
     """
 
     directions: np.ndarray
+    lightness: np.ndarray
+    bounds: np.ndarray
     sorted: np.ndarray
     positions: np.ndarray | None
     scale: float
@@ -83,35 +104,61 @@ def _some(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(pixels, np.float32)
 
 
+def binned_quantiles(pixels: np.ndarray, lightness: np.ndarray, directions: np.ndarray,
+                     bounds: np.ndarray) -> np.ndarray:
+    """The sources' pixels (m, 3) ranked on ``lightness``, cut at the fractions ``bounds`` / n
+    marks, and each bin's chroma projections (on ``directions`` (k, 3)) as ``quantiles`` of the
+    bin's size: (n, k) float32, n = ``bounds[-1]``."""
+    pixels = np.asarray(pixels, np.float64)
+    ranked = pixels[np.argsort(pixels @ lightness.astype(np.float64), kind="stable")]
+    m, n = len(ranked), int(bounds[-1])
+    cuts = np.round(np.asarray(bounds) / n * m).astype(np.int64)
+    projected = ranked @ directions.T.astype(np.float64)
+    blocks = [quantiles(projected[min(lo, m - 1):max(hi, lo + 1)], size)  # a bin thinner than one of the m: the next pixel
+              for lo, hi, size in zip(cuts[:-1], cuts[1:], np.diff(bounds)) if size]
+    return np.concatenate(blocks).astype(np.float32)
+
+
 def colour_targets(source_levels: Sequence[Sequence[np.ndarray]], sizes: Sequence[tuple[int, int]]) -> list:
     """One ``ColourTarget`` per pyramid level. ``source_levels``: per source, its levels (h, w, 3),
     level 0 first (caffe space, as the image optimised); ``sizes``: the synthesised canvas's
-    level sizes. The directions come from the sources' level 0 and serve every level."""
+    level sizes. The axes come from the sources' level 0 and serve every level."""
     pooled0 = _some(np.concatenate([levels[0].reshape(-1, 3) for levels in source_levels]))
-    directions = colour_directions(pooled0)
+    lightness, directions = colour_axes(pooled0)
     scale = 1.0 / max(float(np.trace(np.cov(pooled0.astype(np.float64), rowvar=False))), 1e-6)
     targets = []
     for level, (h, w) in enumerate(sizes):
         pixels = _some(np.concatenate([levels[level].reshape(-1, 3) for levels in source_levels]))
         positions = sample_positions(h, w, seed=level)
-        n = h * w if positions is None else len(positions)
-        targets.append(ColourTarget(directions, quantiles(pixels @ directions.T.astype(np.float64), n)
-                                    .astype(np.float32), positions, scale))
+        bounds = bin_bounds(h * w if positions is None else len(positions))
+        targets.append(ColourTarget(directions, lightness, bounds,
+                                    binned_quantiles(pixels, lightness, directions, bounds), positions, scale))
     return targets
 
 
 def colour_loss(level, target: ColourTarget):
     """The colour term of one level: (N, h, w, 3) images -> a scalar, the sum over frames of the
     mean over directions and compared pixels of (sorted projection - source quantile)^2, times
-    ``target.scale``."""
+    ``target.scale``. Each frame's n compared pixels (h * w, or ``len(target.positions)``) are
+    ranked on ``target.lightness`` and sorted within their bin (``target.bounds``), so that each
+    bin's colours meet ``target.sorted`` (n, k): those of the sources' pixels as light."""
     from keras import ops
 
-    n, h, w, _ = level.shape
-    flat = ops.reshape(level, (n, h * w, 3))
+    frames, h, w, _ = level.shape
+    flat = ops.reshape(level, (frames, h * w, 3))
     if target.positions is not None:
         flat = ops.take(flat, target.positions, axis=1)
-    projected = ops.matmul(flat, ops.convert_to_tensor(target.directions.T))  # (N, n, k)
-    ordered = ops.sort(ops.transpose(projected, (0, 2, 1)), axis=-1)  # (N, k, n), each row ascending
+    n = flat.shape[1]
+    light = ops.matmul(flat, ops.convert_to_tensor(target.lightness[:, None]))[..., 0]  # (N, n)
+    # rows of the flattened frames, darkest first in each frame: int32 indices (take_along_axis's
+    # int64 ones make TensorFlow print a oneDNN error line), within range below 2^31 / 2^20 frames
+    order = ops.argsort(ops.stop_gradient(light), axis=-1) + ops.arange(frames, dtype="int32")[:, None] * n
+    ranked = ops.reshape(ops.take(ops.reshape(flat, (frames * n, 3)), ops.reshape(order, (-1,)), axis=0),
+                         (frames, n, 3))
+    projected = ops.transpose(ops.matmul(ranked, ops.convert_to_tensor(target.directions.T)), (0, 2, 1))
+    bounds = [int(b) for b in target.bounds]
+    ordered = ops.concatenate([ops.sort(projected[:, :, lo:hi], axis=-1)
+                               for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo], axis=-1)  # (N, k, n)
     difference = ordered - ops.convert_to_tensor(target.sorted.T)[None]
     return ops.sum(ops.mean(ops.square(difference), axis=(1, 2))) * target.scale  # frames add up, as Gram terms
 

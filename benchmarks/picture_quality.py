@@ -7,7 +7,8 @@ pictures score: colours the source lacks, frames at the border, and the Gram los
 
 Per source and variant (each run in a fresh process, into --output-dir): the share of pixels more
 than 20 RGB units from every colour of the source's left half (``quality.colour_outlier_share``)
-and that share for a crop of the source's right half of the same size (a real photo's score); the
+and that share for a crop of the source's right half of the same size (a real photo's score), and
+against every colour of the whole source (colours made up, not copied from the right half); the
 luminance and contrast ratios of the 4 px and 12 px border bands over the centre
 (``quality.frame_ratios``: 1 = no frame); what the coarse-to-fine growths did to the coarse octaves'
 losses at worst, right after a growth and in a stage's first 10 iterations, as multiples of what
@@ -29,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from images import load_rgb  # noqa: E402
-from quality import colour_outliers_against_source, frame_ratios, growth_damage, worst_growth  # noqa: E402
+from quality import (colour_outlier_share, colour_outliers_against_source, frame_ratios, growth_damage,  # noqa: E402
+                     worst_growth)
 
 BANDS = (4, 12)
 
@@ -37,8 +39,9 @@ BANDS = (4, 12)
 def measure(source: Path, image: Path) -> dict:
     """The picture's scores against its source (see the module's docstring)."""
     rgb = load_rgb(image)
-    outliers, crop = colour_outliers_against_source(rgb, load_rgb(source))
-    scores = {"outliers": outliers, "source_crop": crop}
+    whole = load_rgb(source)
+    outliers, crop = colour_outliers_against_source(rgb, whole)
+    scores = {"outliers": outliers, "source_crop": crop, "outliers_whole_source": colour_outlier_share(rgb, whole)}
     for band in BANDS:
         scores[f"luminance_{band}"], scores[f"contrast_{band}"] = frame_ratios(rgb, band)
     return scores
@@ -76,9 +79,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     variants = args.variant or [""]
     rows = []
-    print("| source | variant | outliers | source crop | lum 4 | contrast 4 | lum 12 | contrast 12 | growth | "
-          "first 10 | Gram loss | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| source | variant | outliers | source crop | whole source | lum 4 | contrast 4 | lum 12 | contrast 12 | "
+          "growth | first 10 | Gram loss | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for source in args.sources:
         for number, variant in enumerate(variants):
             out = args.output_dir / f"{source.stem}.{args.size}.v{number}"
@@ -88,6 +91,7 @@ def main(argv=None) -> int:
                    **run(source, args.size, shlex.split(args.common) + shlex.split(variant), out)}
             rows.append(row)
             print(f"| {source.name} | `{variant or '(none)'}` | {row['outliers']:.3%} | {row['source_crop']:.3%} | "
+                  f"{row['outliers_whole_source']:.3%} | "
                   + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
                   + f" | {multiple(row['growth'])} | {multiple(row['growth_first_iterations'])}"
                   + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)

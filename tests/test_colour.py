@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import autodiff
-from colour import colour_directions, colour_loss, colour_targets, quantiles, sample_positions
+from colour import bin_bounds, binned_quantiles, colour_axes, colour_loss, colour_targets, quantiles, sample_positions
 
 
 def test_directions_span_the_minor_principal_axes():
     rng = np.random.default_rng(0)
     grey = rng.uniform(0, 255, (500, 1)) * np.ones((1, 3)) + rng.normal(0, [1, 2, 0.5], (500, 3))  # along (1,1,1)
-    d = colour_directions(grey)
+    lightness, d = colour_axes(grey)
     assert d.shape == (4, 3)
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1, atol=1e-6)
     np.testing.assert_allclose(d[:2] @ d[:2].T, np.eye(2), atol=1e-6)
@@ -26,6 +26,34 @@ def test_quantiles():
     np.testing.assert_allclose(quantiles(values, 4)[:, 0], [1, 2, 3, 4])  # n = m: the sorted samples
     np.testing.assert_allclose(quantiles(values, 2)[:, 0], [1.5, 3.5])  # the middle of each half
     np.testing.assert_allclose(quantiles(np.arange(1000.0)[:, None], 10)[:, 0], np.arange(50, 1000, 100) - 0.5)
+
+
+def test_ranking_axis_and_bins():
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(0, 255, (500, 1)) * np.ones((1, 3)) + rng.normal(0, [1, 2, 0.5], (500, 3))
+    lightness, directions = colour_axes(grey)
+    np.testing.assert_allclose(lightness, np.ones(3) / np.sqrt(3), atol=0.01)  # signed: lighter is larger
+    np.testing.assert_allclose(colour_axes(-grey)[0], lightness, atol=1e-6)
+    np.testing.assert_allclose(lightness @ directions.T, 0, atol=1e-6)
+    np.testing.assert_array_equal(bin_bounds(640), [0, 10, 20, 40, 80, 160, 320, 480, 560, 600, 620, 630, 640])
+    np.testing.assert_array_equal(bin_bounds(5), [0, 0, 0, 0, 1, 1, 2, 4, 4, 5, 5, 5, 5])  # tiny: empty bins
+
+
+def test_binned_quantiles_keep_each_lightness_bins_own_colours():
+    # the darker half grey, the lighter half tinted one way or the other: the lighter bins get the
+    # tints, the darker ones none, each bin's quantiles as many as its share of n
+    light = np.linspace(0, 200, 400)[:, None] * np.ones((1, 3))
+    tint = np.where(np.arange(400) >= 200, np.where(np.arange(400) % 2, 10.0, -10.0), 0.0)
+    pixels = light + tint[:, None] * np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
+    lightness, directions = colour_axes(pixels)
+    bounds = bin_bounds(80)
+    table = binned_quantiles(pixels, lightness, directions, bounds)
+    assert table.shape == (80, 4)
+    np.testing.assert_allclose(table[:40], 0, atol=0.1)  # the darker half's bins: grey (PCA tilts a little)
+    assert np.abs(table[40:]).max() > 9  # the lighter half's: tinted, both ways
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        assert np.all(np.diff(table[lo:hi], axis=0) >= 0)  # each bin sorted on its own
+    assert binned_quantiles(pixels[::80], lightness, directions, bin_bounds(640)).shape == (640, 4)  # 5 pixels
 
 
 def test_sample_positions(monkeypatch):
@@ -59,6 +87,59 @@ def test_zero_for_the_sources_own_pixels_in_any_order_and_it_pulls_strange_colou
     loss, grad = _loss_and_gradient(strange, target)
     assert loss > 0
     assert grad[0, 4, 5, 2] > 0 and np.abs(grad[0, 4, 5, 2]) == np.abs(grad).max()  # descent pulls it back
+
+
+def test_it_sees_which_colours_go_with_which_lightness():
+    # the source's lightest quarter tinted either way, the rest grey; the image has the same
+    # colours, as a set, but the tints on its darkest quarter: each chroma projection's
+    # distribution alone is the source's (one bin for all pixels: a loss of 1e-6), while the term
+    # compares each lightness bin with the source's and pulls the dark pixels back to grey
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    light = np.sort(rng.uniform(-100, 100, 256))
+    tint = np.where(np.arange(256) >= 192, np.where(np.arange(256) % 2, 20.0, -20.0), 0.0)
+    axis = np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
+    source = (light[:, None] * np.ones((1, 3)) / np.sqrt(3) + tint[:, None] * axis).reshape(16, 16, 3)
+    target = colour_targets([[source]], [(16, 16)])[0]
+    own, _ = _loss_and_gradient(rng.permutation(source.reshape(-1, 3)).reshape(1, 16, 16, 3), target)
+    assert own == pytest.approx(0.0, abs=1e-9)
+    swapped = (light[:, None] * np.ones((1, 3)) / np.sqrt(3) + tint[::-1, None] * axis).reshape(1, 16, 16, 3)
+    one_bin = dataclasses.replace(target, bounds=np.array([0, 256]), sorted=binned_quantiles(
+        source.reshape(-1, 3), target.lightness, target.directions, np.array([0, 256])))
+    assert _loss_and_gradient(swapped, one_bin)[0] < 1e-5
+    loss, grad = _loss_and_gradient(swapped, target)
+    assert loss > 0.03
+    dark = slice(0, 64)
+    assert np.all(np.sign(grad.reshape(256, 3)[dark] @ axis) == np.sign(tint[::-1][dark]))  # descent: to grey
+
+
+def test_frames_are_ranked_each_on_its_own_and_add_up():
+    # two frames in one call: the loss is the sum of each frame's alone and each frame's gradient
+    # its own (every frame ranked among its own pixels, not the other's)
+    rng = np.random.default_rng(5)
+    source = rng.uniform(-60, 60, (12, 10, 3)) * [1.0, 0.6, 0.3]
+    target = colour_targets([[source]], [(12, 10)])[0]
+    frames = np.stack([rng.uniform(-60, 60, (12, 10, 3)), rng.uniform(-20, 90, (12, 10, 3))])
+    both, grad = _loss_and_gradient(frames, target)
+    alone = [_loss_and_gradient(frames[i:i + 1], target) for i in range(2)]
+    assert both == pytest.approx(alone[0][0] + alone[1][0], rel=1e-5)
+    for i in range(2):
+        np.testing.assert_allclose(grad[i], alone[i][1][0], rtol=1e-4, atol=1e-9)
+
+
+def test_a_source_of_other_size_compares_as_its_distribution():
+    # m = 2n source pixels (each of the image's twice): the quantiles are the image's own, loss 0;
+    # thinned to m < n (every other pixel of a smooth ramp): near 0
+    rng = np.random.default_rng(6)
+    image = rng.uniform(-50, 50, (1, 8, 8, 3)) * [1.0, 0.7, 0.4]
+    twice = np.concatenate([image[0], image[0]], axis=1)  # (8, 16, 3)
+    assert _loss_and_gradient(image, colour_targets([[twice]], [(8, 8)])[0])[0] == pytest.approx(0.0, abs=1e-9)
+    ramp = np.linspace(-1, 1, 16 * 16)[:, None] * [40.0, 25.0, 10.0] + np.sin(np.arange(256))[:, None] * [0, 3, -3]
+    thinned = colour_targets([[ramp[::2].reshape(8, 16, 3)]], [(16, 16)])[0]
+    full = _loss_and_gradient(ramp.reshape(1, 16, 16, 3), colour_targets([[ramp.reshape(16, 16, 3)]], [(16, 16)])[0])
+    assert full[0] == pytest.approx(0.0, abs=1e-9)
+    assert _loss_and_gradient(ramp.reshape(1, 16, 16, 3), thinned)[0] < 0.05
 
 
 def test_scale_makes_it_independent_of_the_sources_contrast():

@@ -139,6 +139,31 @@ def test_frame_ratios_cli_crops_and_one_line_errors(capsys):
         assert exit_.value.code != 0 and named in message, (argv, message)
 
 
+def test_colour_outliers_cli_counts_made_up_colours_apart_from_the_other_halfs(tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("colour_outliers_cli", REPO / "benchmarks" / "colour_outliers.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    source = np.full((20, 40, 3), 100, np.uint8)
+    source[:5, 30:35] = [200, 0, 0]  # red only in the right half
+    image = np.full((10, 10, 3), 100, np.uint8)
+    image[0, :4] = [200, 0, 0]  # 4 pixels of that red (a faithful copy), 2 of blue (made up)
+    image[1, :2] = [0, 0, 255]
+    for name, rgb in (("source", source), ("image", image)):
+        Image.fromarray(rgb).save(tmp_path / f"{name}.png")
+    assert cli.main([str(tmp_path / "source.png"), str(tmp_path / "image.png")]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
+    assert row[1:] == ["6.0000%", "0.0000%", "infx", "2.0000%"]  # against the left half; the whole source
+    for argv, named in [([str(tmp_path / "none.png"), str(tmp_path / "image.png")], "SOURCE"),
+                        ([str(tmp_path / "source.png"), str(tmp_path / "none.png")], "IMAGE")]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert named in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+
+
 def test_within_frame_ranges_closed_forms():
     from quality import within_frame_ranges
 
