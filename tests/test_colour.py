@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import autodiff
-from colour import bin_bounds, binned_quantiles, colour_axes, colour_loss, colour_targets, quantiles, sample_positions
+from colour import (BIN_STEP, bin_bounds, bin_offsets, binned_quantiles, colour_axes, colour_loss, colour_targets,
+                    quantiles, sample_positions)
 
 
 def test_directions_span_the_minor_principal_axes():
@@ -37,6 +38,7 @@ def test_ranking_axis_and_bins():
     np.testing.assert_allclose(lightness @ directions.T, 0, atol=1e-6)
     np.testing.assert_array_equal(bin_bounds(640), [0, 10, 20, 40, 80, 160, 320, 480, 560, 600, 620, 630, 640])
     np.testing.assert_array_equal(bin_bounds(5), [0, 0, 0, 0, 1, 1, 2, 4, 4, 5, 5, 5, 5])  # tiny: empty bins
+    np.testing.assert_array_equal(bin_offsets(np.array([0, 2, 2, 5])), np.array([0, 0, 2, 2, 2]) * BIN_STEP)
 
 
 def test_binned_quantiles_keep_each_lightness_bins_own_colours():
