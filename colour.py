@@ -28,6 +28,7 @@ COLOUR_WEIGHT = 1.0  # --colour-weight default
 # where a photo's few darkest or lightest pixels (a galaxy on black sky, ink on paper) have colours
 # of their own.
 BIN_EDGES = (0.0, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 15 / 16, 31 / 32, 63 / 64, 1.0)
+BIN_STEP = 1024.0  # more than any chroma projection's range in caffe space (at most 255 * sqrt 3)
 
 
 def colour_axes(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +55,12 @@ def bin_bounds(n: int, edges=BIN_EDGES) -> np.ndarray:
     """Where each lightness bin starts among n ranked pixels, and n: int64 (B + 1,), nondecreasing
     (``edges`` x n, rounded). A bin may be empty on a tiny level."""
     return np.round(np.asarray(edges) * n).astype(np.int64)
+
+
+def bin_offsets(bounds: np.ndarray) -> np.ndarray:
+    """(n,) float32: ``BIN_STEP`` x the bin of each of n ranked positions (``bin_bounds``): added
+    to the projections, one sort orders them bin by bin and within each bin."""
+    return (np.repeat(np.arange(len(bounds) - 1), np.diff(bounds)) * BIN_STEP).astype(np.float32)
 
 
 def quantiles(values: np.ndarray, n: int) -> np.ndarray:
@@ -134,14 +141,6 @@ def colour_targets(source_levels: Sequence[Sequence[np.ndarray]], sizes: Sequenc
         targets.append(ColourTarget(directions, lightness, bounds,
                                     binned_quantiles(pixels, lightness, directions, bounds), positions, scale))
     return targets
-
-
-BIN_STEP = 1024.0  # more than any projection's range in caffe space (at most 255 * sqrt 3)
-
-
-def bin_offsets(bounds: np.ndarray) -> np.ndarray:
-    """(n,) float32: ``BIN_STEP`` x the bin of each of n ranked positions (``bin_bounds``)."""
-    return (np.repeat(np.arange(len(bounds) - 1), np.diff(bounds)) * BIN_STEP).astype(np.float32)
 
 
 def colour_loss(level, target: ColourTarget):
