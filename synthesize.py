@@ -37,6 +37,7 @@ PIXEL_RANGES = ("source", "full")  # --pixel-range
 MIN_POSITIONS = 64  # --min-positions: a Gram matrix from fewer positions of its layer is left out of the loss
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
+CANVASES = ("wrap", "open")  # --canvas
 
 
 # ----------------------------------------------------------------------------
@@ -77,9 +78,16 @@ def make_parser() -> argparse.ArgumentParser:
     output.add_argument("--margin", type=int, default=None,
                         help=f"Hidden border, in pixels per side, optimised around the image and cropped "
                         "away so that the border is as detailed as the middle (default: half the deepest "
-                        f"layer's receptive field, at most {MARGIN_CAP}, plus 2^octaves with --padding-mode valid, "
-                        "whose pyramid eats into it: 32 with the default --layers and --octaves, 16 with reflect "
-                        "or same; 0 for the original's behaviour; not used with --tile)")
+                        f"layer's receptive field, at most {MARGIN_CAP}: 16 with the default --layers; on an open "
+                        "--canvas with --padding-mode valid 2^octaves more, whose pyramid eats into it: 32 with "
+                        "the default --octaves; 0 for the original's behaviour, an open canvas; not used with --tile)")
+    output.add_argument("--canvas", choices=CANVASES, default=None,
+                        help="What the image is cut from: wrap (a canvas --margin px larger on every side, and "
+                        "then up to the next multiple --tile would need, whose opposite edges are neighbours: "
+                        "no edge anywhere for the loss to see, so the image's border is like its middle; "
+                        "--padding-mode applies to the sources only), open (a canvas with edges, padded as "
+                        "--padding-mode says; the original's with --margin 0). Default: wrap, open with "
+                        "--margin 0; not used with --tile")
     output.add_argument("--tile", action="store_true",
                         help="Make the result tile seamlessly: every convolution, pooling and pyramid "
                         "reduction on the synthesised image wraps around (circular padding), so opposite "
@@ -103,8 +111,9 @@ def make_parser() -> argparse.ArgumentParser:
     network.add_argument("--padding-mode", "-p", choices=PADDING_MODES, default="valid",
                          help="What boundary condition to use for convolutions, pooling and the pyramid: "
                          "valid (none; each level must be large enough), same (zeros), reflect (mirror; "
-                         "no size limit; measured on brick, lays its mortar out evenly to the edges where valid "
-                         "gathers it in the middle). With --tile it applies to the sources only")
+                         "no size limit). With the default wrap-around --canvas and with --tile it applies to the "
+                         "sources only; on an open --canvas to the synthesised image too (there reflect lays brick's "
+                         "mortar out evenly to the edges where valid gathers it in the middle)")
     network.add_argument("--data-dir", "-d", default="model_data", help="Where to find the VGG weight files")
     network.add_argument("--octave-weights", type=float, nargs="+", default=None, metavar="W",
                          help="Weight of each octave's loss terms, finest first, one per octave (default: all 1)")
@@ -118,7 +127,7 @@ def make_parser() -> argparse.ArgumentParser:
                          help="Leave a layer's Gram matrix out of an octave's loss where the layer sees that octave "
                          "of the output (or of a source) at fewer positions than this: from a few positions a Gram "
                          "matrix is no texture statistic, its loss dominates and pulls the whole picture (with "
-                         "the default options, the coarsest octave of outputs under 437 px and of sources under "
+                         "the default options, the coarsest octave of outputs under 193 px and of sources under "
                          "501 px); each one left out is warned about. 1: keep every one, the original's loss "
                          "(default: %(default)s)")
 
@@ -223,7 +232,14 @@ def validate(args: argparse.Namespace) -> None:
     if args.tile:
         _require(args.margin in (None, 0), f"--margin {args.margin} cannot be combined with --tile: a periodic "
                  "image has no border to hide; leave --margin out")
+        _require(args.canvas is None, f"--canvas {args.canvas} cannot be combined with --tile: a tile is its own "
+                 "wrap-around canvas; leave --canvas out")
         args.margin = 0
+    elif args.canvas is None:
+        args.canvas = "open" if args.margin == 0 else "wrap"
+    _require(not (args.canvas == "wrap" and args.margin == 0),
+             "--canvas wrap needs a hidden --margin: with --margin 0 the image is the whole wrap-around canvas, a "
+             "tile; use --tile, or give --margin")
     _require(args.margin is None or 0 <= args.margin <= MAX_MARGIN,  # None: default_margin, in prepare
              f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
     for flag, value in (("--mul", args.mul), ("--tol", args.tol), ("--if-weight", args.if_weight),
@@ -333,7 +349,7 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
     Returns the effective argv (starting from the run's last saved image via --init-image, with the
-    run's --schedule, --colour-weight, --margin, --pixel-range and --min-positions, even where a default
+    run's --schedule, --colour-weight, --margin, --canvas, --pixel-range and --min-positions, even where a default
     has changed since), the iteration that image was
     saved at, and the pyramid level of the coarse-to-fine stage it belongs to
     (run.json's ``level``; None if unknown), where the resumed run carries on;
@@ -360,7 +376,9 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     same_loss = ["--colour-weight", str(colour)] if type(colour) in (int, float) else []  # JSON numbers, not bools
     margin = recorded_args.get("margin")  # the canvas it had (the default changed: 8 valid / 0, 16, 16 + 2^octaves)
     tiled = "--tile" in argv or recorded_args.get("tile") is True  # --tile takes no margin
-    same_canvas = ["--margin", str(margin)] if type(margin) is int and margin >= 0 and not tiled else []
+    canvas = recorded_args.get("canvas", "open")  # a run from before --canvas had an open one
+    same_canvas = (["--margin", str(margin), "--canvas", canvas]
+                   if type(margin) is int and margin >= 0 and canvas in CANVASES and not tiled else [])
     pixel_range = recorded_args.get("pixel_range", "full")  # a run from before --pixel-range had 0..255
     same_range = ["--pixel-range", pixel_range] if pixel_range in PIXEL_RANGES else []
     positions = recorded_args.get("min_positions", 1)  # a run from before --min-positions kept every term
@@ -378,8 +396,10 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
 
 def default_margin(network: str, deepest: str, padding: str, octaves: int) -> int:
     """The hidden border (px per side) when --margin is not given: half the receptive field of the
-    ``deepest`` layer, at most MARGIN_CAP (16 px for block3_conv2), and with ``--padding-mode valid``
-    2^``octaves`` px more (32 px with 4 octaves). Pixels near the edge lie in fewer of the layers'
+    ``deepest`` layer, at most MARGIN_CAP (16 px for block3_conv2), and with ``padding`` valid (an open
+    --canvas with --padding-mode valid) 2^``octaves`` px more (32 px with 4 octaves). On a wrap-around
+    canvas (``padding`` circular) no pixel is near an edge; its margin only keeps the image from being
+    a whole period of it (a tile). Pixels near the edge lie in fewer of the layers'
     windows (valid padding) or in windows that see padding (mirrored or zeros), are held less firmly
     by the loss and come out blurred or streaky; the coarser levels get the margin shrunk with them,
     level k half the margin of level k-1: h / 2^k with reflect padding. Measured (README, Clean
@@ -394,6 +414,13 @@ def default_margin(network: str, deepest: str, padding: str, octaves: int) -> in
     _, first, last = receptive_fields(network, deepest, "valid")[-1]
     half = min((last - first + 1) // 2, MARGIN_CAP)
     return half + 2 ** octaves if shrinks(padding) else half
+
+
+def canvas_side(side: int, margin: int, multiple: int = 1) -> int:
+    """The canvas side optimised for an image side: ``side`` plus ``margin`` on either end, rounded up
+    to a multiple of ``multiple`` (a wrap-around canvas: ``tile_multiple``, so that every halving wraps
+    exactly; the image is cut from its top-left, ``margin`` px in, the rounding's extra beyond it)."""
+    return -(-(side + 2 * margin) // multiple) * multiple
 
 
 def minimum_side(network: str, layers: Sequence[str], octaves: int, padding: str) -> int:
@@ -453,23 +480,25 @@ def sparse_terms(sizes, network: str, layers: Sequence[str], padding: str,
     return sparse
 
 
-def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str, hidden: int = 0,
-               min_positions: int = MIN_POSITIONS) -> int | None:
-    """The smallest square side >= ``side`` (plus ``hidden`` pixels of margin) at which no term is in
-    ``sparse_terms`` (the deepest layer has the fewest positions); None if none up to MAX_SIDE."""
+def dense_side(side: int, network: str, deepest: str, octaves: int, padding: str, margin: int = 0,
+               min_positions: int = MIN_POSITIONS, multiple: int = 1) -> int | None:
+    """The smallest square side >= ``side`` (on its canvas: ``canvas_side`` with ``margin`` and
+    ``multiple``) at which no term is in ``sparse_terms`` (the deepest layer has the fewest positions);
+    None if none up to MAX_SIDE."""
     from pyramid import level_sizes
 
     for n in range(side, MAX_SIDE + 1):
-        if not sparse_terms(level_sizes(n + hidden, n + hidden, octaves, padding), network, [deepest], padding,
+        canvas = canvas_side(n, margin, multiple)
+        if not sparse_terms(level_sizes(canvas, canvas, octaves, padding), network, [deepest], padding,
                             min_positions):
             return n
     return None
 
 
-def sparse_warning(subject: str, sparse: list, height: int, width: int, hidden: int, network: str, deepest: str,
-                   octaves: int, padding: str, larger: str, min_positions: int) -> str:
-    """The warning about the terms ``sparse`` (``sparse_terms`` of a height x width image, plus
-    ``hidden`` pixels of margin, counted in the sizes it names): which are left out of the loss, and
+def sparse_warning(subject: str, sparse: list, height: int, width: int, margin: int, network: str, deepest: str,
+                   octaves: int, padding: str, larger: str, min_positions: int, multiple: int = 1) -> str:
+    """The warning about the terms ``sparse`` (``sparse_terms`` of a height x width image on its canvas,
+    ``canvas_side`` with ``margin`` and ``multiple``, in the sizes it names): which are left out of the loss, and
     what would keep them: ``larger`` (formatted with the smallest side that would do, ``dense_side``),
     fewer --octaves, reflect padding, each only where it does."""
     from pyramid import level_sizes
@@ -477,10 +506,10 @@ def sparse_warning(subject: str, sparse: list, height: int, width: int, hidden: 
     first = sparse[0][0]
     seen = ", ".join(f"{layer} sees octave {level + 1} ({w}x{h} px) at {columns}x{rows} position(s)"
                      for level, layer, (h, w), (rows, columns) in sparse)
-    side = dense_side(min(height, width), network, deepest, octaves, padding, hidden, min_positions)
+    side = dense_side(min(height, width), network, deepest, octaves, padding, margin, min_positions, multiple)
     remedies = [larger.format(side)] * (side is not None) + [f"--octaves {first}"] * (first > 0)
-    if padding == "valid" and not sparse_terms(level_sizes(height + hidden, width + hidden, octaves, "reflect"),
-                                               network, [deepest], "reflect", min_positions):
+    reflected = level_sizes(height + 2 * margin, width + 2 * margin, octaves, "reflect")
+    if padding == "valid" and not sparse_terms(reflected, network, [deepest], "reflect", min_positions):
         remedies.append("--padding-mode reflect")
     keep = f"; {' or '.join(remedies)} keeps every octave whole" if remedies else ""
     return (f"{subject}: with --octaves {octaves}, {seen}, fewer than --min-positions {min_positions}: too few for "
@@ -715,12 +744,13 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     layers = [layer_name(network, layer) for layer in args.layers]
     deepest = layer_name(network, max(args.layers))
     require_layers(loaded, deepest)
-    if args.margin is None:  # resolved here, where the network is known; run.json records it
-        args.margin = default_margin(network, deepest, args.padding_mode, args.octaves)
-    margin = args.margin
-    canvas_height, canvas_width = height + 2 * margin, width + 2 * margin  # what is optimised
     # the synthesised image's boundary; the sources' targets always use --padding-mode
-    padding = TILE_PADDING if args.tile else args.padding_mode
+    padding = TILE_PADDING if args.tile or args.canvas == "wrap" else args.padding_mode
+    if args.margin is None:  # resolved here, where the network is known; run.json records it
+        args.margin = default_margin(network, deepest, padding, args.octaves)
+    margin = args.margin
+    multiple = tile_multiple(network, deepest, args.octaves) if args.canvas == "wrap" else 1
+    canvas_height, canvas_width = (canvas_side(n, margin, multiple) for n in (height, width))  # what is optimised
     if args.tile:
         check_tile_size(height, width, network, deepest, args.octaves)
     check_size("the output (--output-width/--output-height)", height, width, network, layers, args.octaves,
@@ -731,13 +761,14 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    "lower --octaves, enlarge it with --source-width/--source-scale, or use --padding-mode reflect")
 
     sizes = level_sizes(canvas_height, canvas_width, args.octaves, padding)
-    checked = [("the output (with its hidden margin)", height, width, 2 * margin, padding,
+    checked = [("the output (with its hidden margin)", height, width, margin, multiple, padding,
                "an output of at least {0}x{0}")]
-    checked += [(f"--source {path}", *rgb.shape[:2], 0, args.padding_mode,
+    checked += [(f"--source {path}", *rgb.shape[:2], 0, 1, args.padding_mode,
                 "a source at least {0} px on its shorter side (--source-width, --source-scale)")
                for path, rgb in sources]
-    sparse = [sparse_terms(level_sizes(h + hidden, w + hidden, args.octaves, image_padding), network, layers,
-                           image_padding, args.min_positions) for _, h, w, hidden, image_padding, _ in checked]
+    sparse = [sparse_terms(level_sizes(canvas_side(h, m, k), canvas_side(w, m, k), args.octaves, image_padding),
+                           network, layers, image_padding, args.min_positions)
+              for _, h, w, m, k, image_padding, _ in checked]
     left_out = sorted({(level, layers.index(layer)) for terms in sparse for level, layer, _, _ in terms})
     weights = term_weights(args.octave_weights or [1.0] * args.octaves, args.layer_weights or [1.0] * len(layers))
     for level, k in left_out:  # level-major, as the targets
@@ -748,10 +779,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                          f"or make the image larger")
     coarsest = max(level for level in range(args.octaves)  # weights are level-major
                    if any(weights[level * len(layers):(level + 1) * len(layers)]))
-    for (subject, h, w, hidden, image_padding, larger), terms in zip(checked, sparse, strict=True):
+    for (subject, h, w, m, k, image_padding, larger), terms in zip(checked, sparse, strict=True):
         if terms:
-            warnings.append(sparse_warning(subject, terms, h, w, hidden, network, deepest, args.octaves,
-                                           image_padding, larger, args.min_positions))
+            warnings.append(sparse_warning(subject, terms, h, w, m, network, deepest, args.octaves,
+                                           image_padding, larger, args.min_positions, k))
     budget, budget_of = memory_budget(args)
 
     @functools.lru_cache(maxsize=None)
@@ -844,7 +875,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
         return Minimiser(loss_fn, (args.count, *sizes[first], 3), bounds, plan.pairs)
 
     if init_rgb is not None:
-        x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin)
+        x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin,
+                         (canvas_height, canvas_width))
     else:
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources, bounds)
     x0 = np.clip(x0, *bounds)  # pixels stay in --pixel-range throughout (see optimise)

@@ -73,9 +73,9 @@ def test_small_real_run_in_process(tmp_path, capsys):
     captured = capsys.readouterr()
     assert str(run_dir) in captured.out  # the summary line names the directory
     warned = [line[len("warning: "):] for line in captured.err.splitlines() if line.startswith("warning: ")]
-    assert len(warned) == 1 and record["warnings"] == warned  # what stderr said, for scripts
-    # (the second octave, 66x58 px with the 20 px margin of 2 octaves, gives block3_conv2 7x9 positions,
-    # under 64)
+    assert record["warnings"] == warned == []  # what stderr said, for scripts: nothing to warn about
+    # (the wrap-around canvas, 128x112 px with the 16 px margin, rounded to multiples of 8, gives block3_conv2
+    # 16x14 positions at the second octave; an open one with valid padding's 20 px margin gave 7x9, under 64)
 
 
 def test_terms_with_too_few_positions_are_named():
@@ -99,15 +99,18 @@ def test_terms_with_too_few_positions_are_named():
     assert sparse(544, least=82) == [(3, "block3_conv2", (65, 65), (9, 9))] and sparse(544, least=81) == []
     # the smallest output that would do: 469 px (501 with the 16 px margin), and not one pixel less;
     # 437 px with today's 32 px
-    assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 32) == 469
-    assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 64) == 437
+    assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 16) == 469
+    assert dense_side(256, "vgg19", "block3_conv2", 4, "valid", 32) == 437
+    # on a wrap-around canvas (16 px margin, then a multiple of 32), 193 px: 225 rounds up to 256, whose
+    # coarsest octave, 32 px, gives block3_conv2 8x8 positions
+    assert dense_side(1, "vgg19", "block3_conv2", 4, "circular", 16, multiple=32) == 193
     assert sparse(501) == [] and sparse(500) != []
 
 
 def test_terms_with_too_few_positions_are_left_out_and_warned_about_once_the_checks_pass(tmp_path, capsys):
     # 67 px is the smallest source 2 octaves allow: its second level gives block3_conv2 one position;
-    # a 35 px output's (36 px with the 20 px margin of 2 octaves), 2x2
-    assert main(small_run_args(tmp_path, "-ow", "35", "-sw", "67", "-m", "1")) == 0
+    # a 35 px output's on an open canvas (36 px with the 20 px margin of 2 octaves), 2x2
+    assert main(small_run_args(tmp_path, "-ow", "35", "-sw", "67", "-m", "1", "--canvas", "open")) == 0
     err = capsys.readouterr().err
     assert ("warning: the output (with its hidden margin): with --octaves 2, block3_conv2 sees octave 2 "
             "(36x36 px) at 2x2 position(s), fewer than --min-positions 64: too few for a Gram matrix to stand "
@@ -137,23 +140,25 @@ def test_a_source_alone_can_leave_a_term_out_and_a_level_with_none_is_no_stage(t
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "a").glob("*/run.json")]
     assert record["left_out_terms"] == [{"level": 1, "layer": "block3_conv2"}]
     assert len(record["warnings"]) == 1 and record["warnings"][0].startswith(f"--source {EXAMPLE}: ")
-    # --layers 7 alone at 35 px: the second octave's only term is left out, so with no colour term
-    # that level has nothing to match and coarse-to-fine starts at full size
-    assert main(small_run_args(tmp_path / "b", "-ow", "35", "-l", "7", "--colour-weight", "0", "-m", "2")) == 0
+    # --layers 7 alone at 35 px on an open canvas: the second octave's only term is left out, so with no
+    # colour term that level has nothing to match and coarse-to-fine starts at full size
+    assert main(small_run_args(tmp_path / "b", "-ow", "35", "-l", "7", "--colour-weight", "0", "-m", "2",
+                               "--canvas", "open")) == 0
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "b").glob("*/run.json")]
     assert [stage["level"] for stage in record["stages"]] == [0] and record["iterations"] == 2
     assert record["final_loss"] < record["initial_loss"]
 
 
 def test_a_term_left_out_has_no_part_in_the_loss(tmp_path):
-    # a 35 px output: its second octave gives block3_conv2 one position. The per-octave losses at the
-    # same start, with that term left out (the default), equal those of keeping every term
+    # a 35 px output on an open canvas: its second octave gives block3_conv2 2x2 positions. The per-octave
+    # losses at the same start, with that term left out (the default), equal those of keeping every term
     # (--min-positions 1) with block3_conv2 weighted 0 at the second octave and 1 at the first.
     # (--layers 7 2: block3_conv2 first, so that the term left out is not the last of the list)
     from synthesize import parse_args, prepare
 
     def octave_losses(*extra: str) -> list[float]:
-        args = parse_args(small_run_args(tmp_path, "-ow", "35", "-l", "7", "2", "--colour-weight", "0", *extra))
+        args = parse_args(small_run_args(tmp_path, "-ow", "35", "-l", "7", "2", "--colour-weight", "0",
+                                         "--canvas", "open", *extra))
         problem = prepare(args, log=lambda message: None)
         return [float(v) for v in problem.stage(0).evaluate(problem.x0)[2]]
 
@@ -200,6 +205,6 @@ def test_missing_source_is_one_line_exit_1(tmp_path, capsys):
 
 
 def test_output_too_small_for_octaves_names_the_minimum(tmp_path, capsys):
-    assert main(small_run_args(tmp_path, "-o", "4")) == 2
+    assert main(small_run_args(tmp_path, "-o", "4", "--canvas", "open")) == 2
     err = capsys.readouterr().err
     assert "need at least 213x213 (plus the hidden --margin 32 per side)" in err and "--octaves" in err

@@ -206,14 +206,14 @@ def test_device_out_of_memory_is_one_line_and_keeps_the_image(where, tmp_path, c
     real = getattr(optimize.Minimiser, where)
 
     def failing(self, *args, **kwargs):
-        if self.shape[1] > 60:  # full size (112 px with the 20 px margin of 2 octaves; the coarse stage is 54)
+        if self.shape[1] > 60:  # full size (104 px: 72 plus the 16 px margin, wrapped; the coarse stage 52)
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12884901888 bytes.")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(optimize.Minimiser, where, failing)
     status, err = run_cli(capsys, ["-s", str(EXAMPLE), *SMALL, "-q", "--output-dir", str(tmp_path)])
     assert status == 1 and len(err) == 1, err
-    assert "ran out of memory at 112x112" in err[0] and "lower --output-width/--output-height" in err[0]
+    assert "ran out of memory at 104x104" in err[0] and "lower --output-width/--output-height" in err[0]
     run_dir = next(tmp_path.iterdir())
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "out-of-memory" and (run_dir / "final_F0000.png").is_file()

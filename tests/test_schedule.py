@@ -231,6 +231,10 @@ def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
     assert argv[argv.index("--schedule", argv.index("--schedule") + 1) + 1] == "plain"  # the later one wins
     argv, _, _ = resume({"args": {"schedule": "plain", "margin": 8}})
     assert argv[argv.index("--margin") + 1] == "8"  # the run's canvas, whatever today's default margin
+    assert argv[argv.index("--canvas") + 1] == "open"  # a run from before --canvas: an open one
+    argv, _, _ = resume({"args": {"margin": 16, "canvas": "wrap"}})
+    assert argv[argv.index("--margin") + 1] == "16" and argv[argv.index("--canvas") + 1] == "wrap"
+    assert "--canvas" not in resume({"args": {"margin": 16, "canvas": "wrap"}}, "--tile")[0]
     assert "--margin" not in resume({"args": {"margin": 0, "tile": True}})[0]  # --tile takes none
     assert "--margin" not in resume({"args": {"margin": 16}}, "--tile")[0]
     assert resume({"args": {"schedule": "plain"}})[2] == 0  # a plain run is at full size
