@@ -32,24 +32,9 @@ def pad2d(images, amount: int, mode: str):
     if mode == "reflect":
         return ops.pad(images, [[0, 0], [amount, amount], [amount, amount], [0, 0]], mode="reflect")
     if mode == "circular":
-        return _wrap(_wrap(images, amount, 1), amount, 2)
+        rows = ops.concatenate([images[:, -amount:], images, images[:, :amount]], axis=1)
+        return ops.concatenate([rows[:, :, -amount:], rows, rows[:, :, :amount]], axis=2)
     raise ValueError(f"pad2d does not pad in mode {mode!r}")
-
-
-def _wrap(images, amount: int, axis: int):
-    """``images`` with ``amount`` pixels wrapped around either end of ``axis`` (1 or 2); a side
-    shorter than ``amount`` (a coarse level) is first repeated whole as often as that needs."""
-    from keras import ops
-
-    def cut(x, start, stop):
-        return x[:, start:stop] if axis == 1 else x[:, :, start:stop]
-
-    n = images.shape[axis]
-    if n is not None and n < amount:
-        copies = -(-amount // n)
-        start = copies * n - amount
-        return cut(ops.concatenate([images] * (2 * copies + 1), axis=axis), start, start + n + 2 * amount)
-    return ops.concatenate([cut(images, -amount, None), images, cut(images, None, amount)], axis=axis)
 
 
 def filter_padding(mode: str) -> str:

@@ -239,7 +239,7 @@ def validate(args: argparse.Namespace) -> None:
         args.canvas = "open" if args.margin == 0 else "wrap"
     _require(not (args.canvas == "wrap" and args.margin == 0),
              "--canvas wrap needs a hidden --margin: with --margin 0 the image is the whole wrap-around canvas, a "
-             "tile; use --tile, or give --margin")
+             "tile; use --tile, --canvas open (the original's canvas), or give --margin")
     _require(args.margin is None or 0 <= args.margin <= MAX_MARGIN,  # None: default_margin, in prepare
              f"--margin {args.margin}: must be between 0 and {MAX_MARGIN} pixels")
     for flag, value in (("--mul", args.mul), ("--tol", args.tol), ("--if-weight", args.if_weight),
@@ -500,14 +500,18 @@ def sparse_warning(subject: str, sparse: list, height: int, width: int, margin: 
     """The warning about the terms ``sparse`` (``sparse_terms`` of a height x width image on its canvas,
     ``canvas_side`` with ``margin`` and ``multiple``, in the sizes it names): which are left out of the loss, and
     what would keep them: ``larger`` (formatted with the smallest side that would do, ``dense_side``),
-    fewer --octaves, reflect padding, each only where it does."""
+    fewer --octaves (on a wrap-around canvas, which that makes smaller, only where it still does),
+    reflect padding, each only where it does."""
     from pyramid import level_sizes
 
     first = sparse[0][0]
     seen = ", ".join(f"{layer} sees octave {level + 1} ({w}x{h} px) at {columns}x{rows} position(s)"
                      for level, layer, (h, w), (rows, columns) in sparse)
     side = dense_side(min(height, width), network, deepest, octaves, padding, margin, min_positions, multiple)
-    remedies = [larger.format(side)] * (side is not None) + [f"--octaves {first}"] * (first > 0)
+    fewer = max(1, multiple >> (octaves - first))  # a wrap-around canvas shrinks with --octaves too
+    fewer_sizes = level_sizes(canvas_side(height, margin, fewer), canvas_side(width, margin, fewer), first, padding)
+    keeps = first > 0 and not sparse_terms(fewer_sizes, network, [deepest], padding, min_positions)
+    remedies = [larger.format(side)] * (side is not None) + [f"--octaves {first}"] * keeps
     reflected = level_sizes(height + 2 * margin, width + 2 * margin, octaves, "reflect")
     if padding == "valid" and not sparse_terms(reflected, network, [deepest], "reflect", min_positions):
         remedies.append("--padding-mode reflect")
@@ -684,10 +688,10 @@ class Problem:
     stage: Callable  # first level -> optimize.Minimiser of a canvas of that level's size (see prepare)
     level_sizes: list  # (height, width) of each pyramid level of the canvas, level 0 = the canvas
     features: Callable  # float32 (count, H, W, 3) -> VGG features of every level, level-major
-    x0: object  # the starting canvas, float32 (count, H + 2m, W + 2m, 3), caffe space
+    x0: object  # the starting canvas, float32 (count, canvas_side(H), canvas_side(W), 3), caffe space
     margin: int  # hidden border, pixels per side, cropped away when saving
     random_seed: int
-    padding: str  # the synthesised image's padding mode (circular with --tile): the pyramid's geometry
+    padding: str  # the synthesised image's padding mode (circular with --tile or --canvas wrap): the pyramid's geometry
     x0_is_image: bool  # x0 is an image (--init-image, --resume), not noise
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
     plan: Callable | None = None  # first level -> memory.Plan of that stage: whole or in tiles

@@ -132,24 +132,6 @@ def layer_sizes(network: str, deepest: str, height: int, width: int, padding: st
     raise ValueError(f"unknown layer {deepest!r}")
 
 
-def wrap_halo(network: str, deepest: str) -> tuple[int, list[int]]:
-    """Circular padding done once, at the input: (pixels to wrap around each side of the input, and
-    how many of them every layer up to ``deepest`` still has on each side, to be cropped off).
-
-    Each valid 3x3 conv uses one pixel per side, each 2x2 stride-2 pool halves what is left, so
-    counting back from none at ``deepest``: a conv adds one, a pool doubles (an even number, so every
-    pool keeps the periodic image's grid). block3_conv2: 14 px, then 13, 12, 6, 5, 4, 2, 1, 0.
-    """
-    names = layer_names(network)
-    if deepest not in names:
-        raise ValueError(f"unknown layer {deepest!r}")
-    extra, left = [], 0
-    for name in reversed(names[: names.index(deepest) + 1]):
-        extra.append(left)
-        left = left + 1 if "_conv" in name else 2 * left
-    return left, extra[::-1]
-
-
 def receptive_fields(network: str, deepest: str, padding: str) -> list[tuple[int, int, int]]:
     """Where in the input each layer's pixels look, for every layer up to ``deepest``.
 
@@ -213,13 +195,10 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
     average pooling with stride 2 (better for synthesis than max pooling, as
     Gatys et al. recommend); every conv is followed by ReLU. ``padding`` is a
     mode of ``padding.py`` and applies to convs and pools alike (pools pad, if
-    at all, at the bottom/right edge and average only real pixels). In
-    ``circular`` mode the input is wrapped around once by as much as the
-    layers down to the deepest use (``wrap_halo``), the layers are valid, and
-    each output is cropped back to the periodic image's size: the same as
-    wrapping before every conv, without an image-sized copy per layer (the
-    sides must be even at every pool, so that the wrap stays exact). The
-    model's outputs are a list in the order of ``outputs``.
+    at all, at the bottom/right edge and average only real pixels; in
+    ``circular`` mode the sides must be even at every pool, so that no pool
+    pads and the wrap stays exact). The model's outputs are a list in the
+    order of ``outputs``.
     """
     import keras
 
@@ -228,14 +207,10 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
     inputs = keras.Input(shape=(None, None, 3), name="caffe_image")
     x = inputs
     found = {}
-    wrap_once = padding == "circular"
-    if wrap_once:
-        halo, extra = wrap_halo(network, names[deepest])
-        x = make_pad_layer(halo, padding, name="wrap")(x)
-    for index, name in enumerate(names[: deepest + 1]):
+    for name in names[: deepest + 1]:
         if "_conv" in name:
             kernel, bias = weights[name]
-            if padding in EXPLICIT_MODES and not wrap_once:
+            if padding in EXPLICIT_MODES:
                 x = make_pad_layer(1, padding, name=f"{name}_pad")(x)
             # created with the weights themselves: no initial values to compute (one compilation each
             # under JAX) and overwrite
@@ -245,9 +220,9 @@ def build_extractor(network: str, weights: Weights, outputs: Sequence[str], padd
             )
             x = layer(x)
         else:
-            pool_padding = "valid" if shrinks(padding) or wrap_once else "same"
+            pool_padding = "valid" if shrinks(padding) else "same"
             x = keras.layers.AveragePooling2D(2, 2, padding=pool_padding, name=name)(x)
-        found[name] = keras.layers.Cropping2D(extra[index], name=f"{name}_wrapped")(x) if wrap_once else x
+        found[name] = x
     model = keras.Model(inputs, [found[name] for name in outputs], name=f"{network}_features")
     model.trainable = False
     return model

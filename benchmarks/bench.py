@@ -169,11 +169,11 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
     bare_s = statistics.median(bare_times[warmup:])
     eval_s = statistics.median(eval_times[warmup:])
     evals_per_iter = sum(eval_counts) / len(eval_counts)
-    flops = conv_flops(problem.network, problem.layers, problem.level_sizes, args.padding_mode, args.count)
+    flops = conv_flops(problem.network, problem.layers, problem.level_sizes, problem.padding, args.count)
     reference = reference_gflops(shape[1], 5)
     return {
         "network": problem.network, "size": size, "canvas": list(shape[1:3]), "octaves": args.octaves,
-        "padding": args.padding_mode, "extra": extra, "backend": autodiff.backend_name(),
+        "padding": problem.padding, "extra": extra, "backend": autodiff.backend_name(),
         "device": autodiff.device_name(),
         "s_per_iter": per_iter, "evals_per_iter": evals_per_iter, "eval_s": eval_s,
         # the share of an iteration spent outside its loss evaluation (iterations of one evaluation):

@@ -113,6 +113,14 @@ def test_a_small_wrap_around_canvas_names_the_smallest_output_that_keeps_every_t
     assert warning.startswith("the output (with its hidden margin): with --octaves 4, block3_conv2 sees octave 4 "
                               "(20x20 px) at 5x5 position(s)")
     assert warning.endswith("; an output of at least 193x193 or --octaves 3 keeps every octave whole")
+    # at 80 px --octaves 3 is no remedy: its canvas shrinks too (112 px, not 128: 7x7 positions at 28 px)
+    from pyramid import level_sizes
+    from synthesize import sparse_terms, sparse_warning
+
+    terms = sparse_terms(level_sizes(128, 128, 4, "circular"), "vgg19", ["block3_conv2"], "circular")
+    warning = sparse_warning("the output", terms, 80, 80, 16, "vgg19", "block3_conv2", 4, "circular",
+                             "an output of at least {0}x{0}", 64, 32)
+    assert warning.endswith("; an output of at least 193x193 keeps every octave whole")
 
 
 def test_canvas_choices_and_their_errors(tmp_path, capsys):
