@@ -133,7 +133,11 @@ def test_jax_compiles_once_per_shape_not_per_iteration(tmp_path, monkeypatch):
     stages, sources = 2, 1
     assert counts["short"] == counts["long"], counts
     assert counts["long"]["count"] == 3 * stages + 2 * sources, counts
-    assert counts["again"]["cache_hits"] >= 2 * stages + sources, counts  # trials, directions, targets
+    # the trials (network forward and backward) and the targets at least: JAX writes a program to the
+    # persistent cache only if it took 0.2 s or more to compile (autodiff), and the smaller ones (a
+    # stage's direction program: vector arithmetic) can compile faster on a quiet machine (a fresh-clone
+    # CI run of 7582134 read back 4 of its 8 programs)
+    assert counts["again"]["cache_hits"] >= stages + sources, counts
 
 
 
