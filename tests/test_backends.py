@@ -104,8 +104,9 @@ def test_interruption_saves_the_image(backend, tmp_path):
 
 
 def test_tiled_run_takes_the_same_steps(backend, tmp_path):
-    # --max-memory too small for the whole image: the loss in tiles (one window shape with valid
-    # padding), on every backend the same losses as the whole image's
+    # --max-memory too small for the whole image: the loss in tiles (one window shape: the wrap-around
+    # canvas's levels are wrapped before windows are cut), on every backend the same losses as the whole
+    # image's
     import memory
 
     argv = ["-s", str(EXAMPLE), "-sw", "160", "-ow", "96", "-o", "2", "-m", "3", "-q", "--network", "vgg19",
