@@ -59,13 +59,13 @@ def symmetric_start(rng: np.random.Generator, count: int, height: int, width: in
     return (low + (start + CAFFE_MEAN_BGR) * ((high - low) / 255.0)).astype(np.float32)
 
 
-def image_start(image: np.ndarray, count: int, margin: int, canvas: tuple[int, int] | None = None) -> np.ndarray:
+def image_start(image: np.ndarray, count: int, margin: int, canvas: tuple[int, int]) -> np.ndarray:
     """Start from a given caffe-space image (H, W, 3): every frame, the hidden margin mirrored.
 
-    Returns (count, H + 2 margin, W + 2 margin, 3) float32, or (count, *canvas, 3): the image
-    ``margin`` px in from the top-left, mirrored to the rest.
+    Returns (count, *canvas, 3) float32: the image ``margin`` px in from the top-left, mirrored to
+    the rest (``synthesize.canvas_side``: H + 2 margin on an open canvas, rounded up on a wrap one).
     """
-    height, width = canvas or (image.shape[0] + 2 * margin, image.shape[1] + 2 * margin)
+    height, width = canvas
     pad = ((margin, height - image.shape[0] - margin), (margin, width - image.shape[1] - margin), (0, 0))
     padded = np.pad(image, pad, mode="reflect") if any(sum(p) for p in pad) else image
     return np.repeat(padded[None].astype(np.float32), count, axis=0)

@@ -512,7 +512,8 @@ def sparse_warning(subject: str, sparse: list, height: int, width: int, margin: 
     fewer_sizes = level_sizes(canvas_side(height, margin, fewer), canvas_side(width, margin, fewer), first, padding)
     keeps = first > 0 and not sparse_terms(fewer_sizes, network, [deepest], padding, min_positions)
     remedies = [larger.format(side)] * (side is not None) + [f"--octaves {first}"] * keeps
-    reflected = level_sizes(height + 2 * margin, width + 2 * margin, octaves, "reflect")
+    reflected = level_sizes(canvas_side(height, margin, multiple), canvas_side(width, margin, multiple), octaves,
+                            "reflect")
     if padding == "valid" and not sparse_terms(reflected, network, [deepest], "reflect", min_positions):
         remedies.append("--padding-mode reflect")
     keep = f"; {' or '.join(remedies)} keeps every octave whole" if remedies else ""

@@ -148,7 +148,8 @@ def test_a_wrap_around_canvas_starts_from_an_image_mirrored_to_its_size():
     assert start.shape == (2, 16, 16, 3)
     assert np.array_equal(start[1, 2:7, 2:8], image)  # the image, margin px in from the top-left
     assert np.array_equal(start[0, 7, :10], image[3, np.r_[2, 1, 0:6, 4, 3]])  # mirrored beyond it
-    assert image_start(image, 1, 2).shape == (1, 9, 10, 3)  # an open canvas: the margin on either side
+    assert image_start(image, 1, 2, (9, 10)).shape == (1, 9, 10, 3)  # an open canvas: the margin on either side
+    assert np.array_equal(image_start(image, 1, 0, (5, 6))[0], image)  # no margin: the image itself
 
 
 def test_frame_ratios_of_a_dark_frame():
