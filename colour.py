@@ -174,15 +174,3 @@ def colour_loss(level, target: ColourTarget):
 def colour_term(levels: Sequence, targets: Sequence[ColourTarget], weight: float):
     """``weight`` x the sum of ``colour_loss`` over a stage's levels (N, h, w, 3) and their targets."""
     return weight * sum(colour_loss(z, t) for z, t in zip(levels, targets, strict=True))
-
-
-def source_colour_targets(sources: Sequence[np.ndarray], octaves: int, padding: str,
-                          sizes: Sequence[tuple[int, int]]) -> list[ColourTarget]:
-    """``colour_targets`` of caffe-space sources (H, W, 3) for a canvas whose levels have ``sizes``:
-    each source's pyramid (``padding``, as its Gram targets) compiled once per source shape."""
-    import autodiff
-    from pyramid import gaussian_pyramid
-
-    pyramid_of = autodiff.compile(lambda image: gaussian_pyramid(image, octaves, padding))
-    levels = [[autodiff.to_numpy(z)[0] for z in pyramid_of(autodiff.to_device(source[None]))] for source in sources]
-    return colour_targets(levels, sizes)

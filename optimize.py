@@ -440,15 +440,16 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
              coarsest: int | None = None) -> Progress:
     """Run L-BFGS as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
 
-    ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``level_sizes``,
-    ``padding`` and ``stage(level)``, the ``Minimiser`` of each stage's loss). ``max_iter`` counts from the run's
-    start; ``progress.start_iteration`` of them are done already (a resumed run).
+    ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``level_sizes``, ``padding``,
+    ``stage(level)``, the ``Minimiser`` of each stage's loss, and ``grow(x, level)``).
+    ``max_iter`` counts from the run's start; ``progress.start_iteration`` of them are done
+    already (a resumed run).
 
     plain: all iterations on the full-size canvas. coarse-to-fine: start on a
     canvas the size of the coarsest pyramid level with the loss of that level
-    alone, then expand the result to the next level's size (``pyramid.expand``)
-    and optimise the loss of the levels that exist there, and so on up to full
-    size. The iterations left are shared by ``stage_budgets``; a stage with none
+    alone, then grow the result to the next level's size (``problem.grow``: ``pyramid.expand``,
+    plus the sources' detail with --growth detail) and optimise the loss of the levels that
+    exist there, and so on up to full size. The iterations left are shared by ``stage_budgets``; a stage with none
     is skipped. ``start_level``: the stage a resumed run had reached; it carries
     on there (never coarser), from ``x0``, its last saved image. ``coarsest``: the coarsest level
     whose loss has a Gram term (default the coarsest level): coarse-to-fine starts there, not on
@@ -457,7 +458,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     (its size tells the level). The backend's out-of-memory errors end in
     ``autodiff.DeviceOutOfMemory`` naming the stage's size.
     """
-    from pyramid import expand, gaussian_pyramid, resize_images
+    from pyramid import gaussian_pyramid, resize_images
 
     top = octaves - 1 if coarsest is None else coarsest
     levels = [0] if schedule == "plain" else list(range(top, -1, -1))
@@ -497,8 +498,9 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time
-            for finer in range(x_level - 1, level - 1, -1):
-                x = expand(x, problem.level_sizes[finer], problem.padding)
+            with autodiff.out_of_memory_as_error(f"growing the image to {w}x{h}"):
+                for finer in range(x_level - 1, level - 1, -1):
+                    x = problem.grow(x, finer)
         x_level = level
         try:
             with autodiff.out_of_memory_as_error(f"at {w}x{h}"):

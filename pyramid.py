@@ -62,6 +62,16 @@ def gaussian_pyramid(images, octaves: int, padding: str) -> list:
     return levels
 
 
+def source_pyramids(sources, octaves: int, padding: str) -> list[list[np.ndarray]]:
+    """Each caffe-space source's (H, W, C) ``octaves`` levels as numpy (H_k, W_k, C), level 0 first:
+    its pyramid as its Gram targets see it (``padding``), compiled once per source shape. The colour
+    targets and ``detail.DetailGrowth`` are made from these."""
+    import autodiff
+
+    pyramid_of = autodiff.compile(lambda image: gaussian_pyramid(image, octaves, padding))
+    return [[autodiff.to_numpy(z)[0] for z in pyramid_of(autodiff.to_device(source[None]))] for source in sources]
+
+
 def first_centre(n: int, padding: str) -> int:
     """Where, in the pixels of a level of side ``n``, the window of ``reduce``'s first output pixel
     is centred; output pixel i is centred at 2i + this. valid: 2; reflect and circular (padded by 2

@@ -38,6 +38,7 @@ MIN_POSITIONS = 64  # --min-positions: a Gram matrix from fewer positions of its
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
 CANVASES = ("wrap", "open")  # --canvas
+GROWTHS = ("detail", "smooth")  # --growth
 
 
 # ----------------------------------------------------------------------------
@@ -143,6 +144,11 @@ def make_parser() -> argparse.ArgumentParser:
                        "next level's start (--max-iter counts all stages: the full-size stage gets half, the "
                        "coarser stages share the rest; lower loss than plain at equal time and no fine hatching); "
                        "plain: optimise the full-size image from the start, as the original did")
+    optim.add_argument("--growth", choices=GROWTHS, default="detail",
+                       help="coarse-to-fine: how each stage's result starts the next, finer stage. detail: "
+                       "enlarged, plus the sources' fine detail (their Laplacian band) from where their coarser "
+                       "level looks like the result: crisper, lower loss, and the coarse octaves kept better; "
+                       "smooth: enlarged only (default: %(default)s)")
     optim.add_argument("--pixel-range", choices=PIXEL_RANGES, default="source",
                        help="Which values each colour channel of the result may take: source (from the darkest "
                        "to the brightest value of that channel in the sources: a grey photo of 63..207 gives no "
@@ -349,8 +355,8 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     """Turn ``--resume RUN_DIR [overrides]`` into the recorded command plus the overrides.
 
     Returns the effective argv (starting from the run's last saved image via --init-image, with the
-    run's --schedule, --colour-weight, --margin, --canvas, --pixel-range and --min-positions, even where a default
-    has changed since), the iteration that image was
+    run's --schedule, --growth, --colour-weight, --margin, --canvas, --pixel-range and
+    --min-positions, even where a default has changed since), the iteration that image was
     saved at, and the pyramid level of the coarse-to-fine stage it belongs to
     (run.json's ``level``; None if unknown), where the resumed run carries on;
     argv without --resume is returned unchanged with 0 and None.
@@ -372,6 +378,8 @@ def expand_resume(argv: Sequence[str]) -> tuple[list[str], int, int | None]:
     recorded_args = record.get("args") if isinstance(record.get("args"), dict) else {}
     schedule = recorded_args.get("schedule")
     same_schedule = ["--schedule", schedule] if schedule in SCHEDULES else []  # even if the default changed
+    growth = recorded_args.get("growth", "smooth")  # a run from before --growth enlarged only
+    same_schedule += ["--growth", growth] if growth in GROWTHS else []
     colour = recorded_args.get("colour_weight", 0.0)  # a run from before the colour term had none
     same_loss = ["--colour-weight", str(colour)] if type(colour) in (int, float) else []  # JSON numbers, not bools
     margin = recorded_args.get("margin")  # the canvas it had (the default changed: 8 valid / 0, 16, 16 + 2^octaves)
@@ -701,6 +709,16 @@ class Problem:
     warnings: list = field(default_factory=list)  # what the user should know before it runs (run.json's too)
     left_out: list = field(default_factory=list)  # (level, layer) terms of too few positions, weight 0
     coarsest: int | None = None  # the coarsest level with a Gram term: where coarse-to-fine starts
+    detail: Callable | None = None  # --growth detail: detail.DetailGrowth of the sources; None: enlarge only
+
+    def grow(self, x, level: int):
+        """Coarse-to-fine: the canvas ``x`` (numpy (count, h, w, 3)) of level ``level`` + 1, grown into
+        the start of level ``level``'s stage (as --growth says)."""
+        from pyramid import expand
+
+        if self.detail is None:
+            return expand(x, self.level_sizes[level], self.padding)
+        return self.detail(x, self.level_sizes[level], self.padding, level)
 
 
 class TileProgress:
@@ -723,10 +741,11 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     import autodiff
     from animation import interframe_loss, target_distance, unreachable_targets, unrelated_distance
     from gram import join_grams, level_grams, loss_per_level, multiscale_features, term_weights
-    from colour import colour_term, source_colour_targets
+    from colour import colour_targets as make_colour_targets, colour_term
+    from detail import DetailGrowth
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import gaussian_pyramid, level_sizes
+    from pyramid import gaussian_pyramid, level_sizes, source_pyramids
     from images import load_rgb, resize
     from seeds import image_start, starting_images
     from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
@@ -823,8 +842,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     host_targets = join_grams(source_grams(caffe_sources, source_plans, extractor, network, layers,
                                            args.padding_mode, args.octaves), args.join_mode, args.mul)
     targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
-    colour_targets = (source_colour_targets(caffe_sources, args.octaves, args.padding_mode, sizes)
-                      if args.colour_weight else [])
+    grow_detail = args.growth == "detail" and args.schedule == "coarse-to-fine"
+    source_levels = (source_pyramids(caffe_sources, args.octaves, args.padding_mode)
+                     if args.colour_weight or grow_detail else [])
+    colour_targets = make_colour_targets(source_levels, sizes) if args.colour_weight else []
     if padding != args.padding_mode:  # --tile: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
     interframe = None
@@ -889,7 +910,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
-                   (budget, budget_of), warnings, [(level, layers[k]) for level, k in left_out], coarsest)
+                   (budget, budget_of), warnings, [(level, layers[k]) for level, k in left_out], coarsest,
+                   DetailGrowth(source_levels, args.padding_mode, seed) if grow_detail else None)
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:

@@ -12,7 +12,7 @@ import pytest
 from conftest import EXAMPLE
 from optimize import Minimiser, Progress, optimise, stage_budgets
 from vgg16 import pixel_bounds
-from pyramid import resize_images
+from pyramid import expand, resize_images
 from synthesize import main
 
 # ---------------------------------------------------------------- budgets
@@ -49,6 +49,9 @@ class QuadraticProblem:
         self.x0_is_image = False
         self.stages_built = []
         self.first_x = {}  # level -> the first image its stage evaluated
+
+    def grow(self, x, level: int):
+        return expand(x, self.level_sizes[level], self.padding)
 
     def stage(self, first: int) -> Minimiser:
         from keras import ops
@@ -220,13 +223,16 @@ def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
 
     argv, start, level = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1})
     assert (start, level) == (20, 1)
-    assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--colour-weight", "0.0",
-                    "--pixel-range", "full", "--min-positions", "1",  # a run from before these: 0..255, every term
+    assert argv == ["-s", "a.png", "-m", "50", "--schedule", "coarse-to-fine", "--growth", "smooth",
+                    "--colour-weight", "0.0", "--pixel-range", "full", "--min-positions", "1",
+                    # a run from before these: enlarged only, 0..255, every term
                     "--resume", str(run), "--init-image", str(run / "final_F0000.png")]  # before the colour term: none
     argv, _, _ = resume({"args": {"pixel_range": "source", "min_positions": 64}})
     assert argv[argv.index("--pixel-range") + 1] == "source" and argv[argv.index("--min-positions") + 1] == "64"
     argv, _, _ = resume({"args": {"schedule": "plain", "colour_weight": 1.0}})
     assert argv[argv.index("--colour-weight") + 1] == "1.0"  # the run's own loss, whatever today's default
+    argv, _, _ = resume({"args": {"growth": "detail"}})
+    assert argv[argv.index("--growth") + 1] == "detail"
     argv, _, _ = resume({"args": {"schedule": "coarse-to-fine"}, "level": 1}, "--schedule", "plain")
     assert argv[argv.index("--schedule", argv.index("--schedule") + 1) + 1] == "plain"  # the later one wins
     argv, _, _ = resume({"args": {"schedule": "plain", "margin": 8}})

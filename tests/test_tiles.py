@@ -75,15 +75,16 @@ def example_targets(vgg19, example_rgb):
 def whole_and_tiled(vgg19, targets, padding, shape, tile, frames_weight=0.0, octaves=2, colour=None):
     """(whole-image loss, gradient, per-level) and the same tile by tile (every level larger than a
     tile tiled), at one random image. ``colour``: (weight, a source image) of a colour term."""
-    from colour import colour_term, source_colour_targets
-    from pyramid import gaussian_pyramid
+    from colour import colour_targets as make_colour_targets, colour_term
+    from pyramid import gaussian_pyramid, source_pyramids
 
     extractor = build_extractor("vgg19", vgg19.weights, LAYERS, padding)
     weights = [1.0, 0.5] * octaves
     device_targets = [autodiff.to_device(t) for t in targets]
     inter = (lambda x: frames_weight * interframe_loss(x, 20.0, 1)) if frames_weight else None
     sizes = level_sizes(shape[1], shape[2], octaves, padding)
-    colour_targets = colour and source_colour_targets([preprocess(colour[1])], octaves, "reflect", sizes)
+    colour_targets = colour and make_colour_targets(source_pyramids([preprocess(colour[1])], octaves, "reflect"),
+                                                    sizes)
 
     def loss_fn(x):
         total, per_level = loss_per_level(multiscale_grams(x, extractor, octaves, padding), device_targets,

@@ -1,0 +1,193 @@
+"""Coarse-to-fine growth with the sources' detail (detail.py): exact cases first, then a small run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import detail
+from conftest import EXAMPLE
+from detail import DetailGrowth, Library, fine_places
+from pyramid import expand, reduce, reduced_size, source_pyramids
+from vgg16 import preprocess
+
+PADDINGS = [("circular", 96), ("reflect", 96), ("reflect", 95), ("valid", 101), ("same", 95)]
+
+
+@pytest.fixture(scope="module")
+def gravel(example_rgb) -> np.ndarray:
+    """The example in caffe space, (512, 512, 3)."""
+    return preprocess(example_rgb)
+
+
+def growth_of(sources, padding: str = "reflect", octaves: int = 3, seed: int = 0) -> DetailGrowth:
+    return DetailGrowth(source_pyramids(sources, octaves, padding), padding, seed)
+
+
+def reduced(fine: np.ndarray, padding: str) -> np.ndarray:
+    from keras import ops
+
+    return ops.convert_to_numpy(reduce(fine, padding))
+
+
+def mean_error(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).mean())
+
+
+@pytest.mark.parametrize("padding,n", PADDINGS)
+def test_a_coarse_level_of_the_source_grows_back_into_the_source(gravel, padding, n):
+    """Where the canvas is a piece of a source, every coarse neighbourhood finds itself, and the
+    grown image is that piece one level finer (Laplacian reconstruction, not an enlargement's blur),
+    exactly away from the edges, where the canvas's padding makes neighbourhoods the source lacks."""
+    fine = gravel[None, 200:200 + n, 120:120 + n]
+    coarse = reduced(fine, padding)
+    grown = growth_of([gravel])(coarse, (n, n), padding, 0)
+    smooth = expand(coarse, (n, n), padding)
+    assert grown.shape == fine.shape and grown.dtype == np.float32
+    inner, coarse_inner = (slice(None), slice(8, -8), slice(8, -8)), (slice(None), slice(4, -4), slice(4, -4))
+    assert mean_error(grown[inner], fine[inner]) < 1e-3 * mean_error(smooth[inner], fine[inner])
+    assert mean_error(grown, fine) < 0.3 * mean_error(smooth, fine)
+    # and it reduces back to the coarse level it came from
+    back, smooth_back = reduced(grown, padding), reduced(smooth, padding)
+    assert mean_error(back[coarse_inner], coarse[coarse_inner]) < 1e-3 * mean_error(smooth_back, coarse)
+    assert mean_error(back, coarse) < 0.2 * mean_error(smooth_back, coarse)
+
+
+@pytest.mark.parametrize("source_padding", ["valid", "reflect", "same"])
+def test_the_sources_own_padding_places_their_detail_alike(gravel, source_padding):
+    """The sources' pyramid is made with --padding-mode (valid: each level a few pixels smaller and
+    offset); where their coarse pixels sit one level finer follows it. (The piece starts where the
+    source's coarse pixels do: on even rows, odd ones for same padding's.)"""
+    from pyramid import first_centre
+
+    top = 200 + first_centre(512, source_padding) % 2
+    fine = gravel[None, top:top + 96, top:top + 96]
+    coarse = reduced(fine, "circular")
+    grown = growth_of([gravel], source_padding)(coarse, (96, 96), "circular", 0)
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    assert mean_error(grown[inner], fine[inner]) < 1e-3 * mean_error(expand(coarse, (96, 96), "circular"), fine)
+
+
+def test_a_flat_source_has_no_detail_to_add():
+    flat = np.full((64, 64, 3), 12.5, np.float32)
+    coarse = np.random.default_rng(0).uniform(-50, 50, (1, 16, 16, 3)).astype(np.float32)
+    grown = growth_of([flat])(coarse, (32, 32), "circular", 1)
+    np.testing.assert_allclose(grown, expand(coarse, (32, 32), "circular"), atol=1e-4)
+
+
+class _Numbered:
+    """A library whose detail differs for every coarse pixel asked about, in the order asked: what
+    is added shows how the blocks are blended."""
+
+    empty = False
+
+    def __init__(self):
+        self.asked = 0
+
+    def nearest_blocks(self, features):
+        count = len(features)
+        numbers = np.arange(self.asked, self.asked + count, dtype=np.float32)
+        self.asked += count
+        offsets = np.arange(27, dtype=np.float32).reshape(3, 3, 3) / 27
+        return numbers[:, None, None, None] + offsets[None]
+
+
+@pytest.mark.parametrize("padding,n", [*PADDINGS, ("circular", 33), ("same", 96), ("valid", 100)])
+def test_the_blocks_blend_as_weighted_means_of_every_block_on_a_pixel(monkeypatch, padding, n):
+    """Each fine pixel gets the tent-weighted mean of the blocks on it (linear interpolation of the
+    detail: no seam where neighbouring coarse pixels' blocks meet, nothing lost where they
+    overlap), checked against a scatter that adds every contribution one by one; valid padding's
+    outermost fine pixels lie beyond every block and get none."""
+    monkeypatch.setattr(detail, "QUERY_PIXELS", 100)  # several chunks of rows per frame
+    m = reduced_size(n, padding)
+    growth = DetailGrowth([], "reflect", seed=0)
+    library = _Numbered()
+    monkeypatch.setattr(growth, "library", lambda level: library)
+    coarse = np.zeros((2, m, m, 3), np.float32)
+    added = growth(coarse, (n, n), padding, 0) - expand(coarse, (n, n), padding)
+
+    blocks = _Numbered().nearest_blocks(np.zeros(2 * m * m)).reshape(2, m, m, 3, 3, 3)
+    total, weight = np.zeros((2, n + 1, n + 1, 3)), np.zeros((n + 1, n + 1))
+    places = fine_places(m, n, padding)
+    for i in range(m):
+        for j in range(m):
+            for a in range(3):
+                for b in range(3):
+                    w = detail.TENT[a] * detail.TENT[b]
+                    total[:, places[i, a], places[j, b]] += w * blocks[:, i, j, a, b]
+                    weight[places[i, a], places[j, b]] += w
+    weight = weight[:n, :n]
+    np.testing.assert_allclose(weight[3:-3, 3:-3], 1.0)  # inside, the tent weights are linear interpolation's
+    covered = weight > 0
+    expected = np.zeros_like(added)
+    expected[:, covered] = total[:, :n, :n][:, covered] / weight[covered][:, None]
+    np.testing.assert_allclose(added, expected, rtol=1e-5, atol=1e-3)
+    uncovered = n - covered[n // 2].sum()  # along one axis
+    assert uncovered == (0 if padding != "valid" else 2 + (n + 1) % 2)  # valid: 0 and n-1, and n-2 if n is even
+
+
+def test_fine_places_put_each_coarse_pixel_where_reduce_centres_its_window():
+    from pyramid import first_centre
+
+    for padding, n in PADDINGS:
+        m = reduced_size(n, padding)
+        places = fine_places(m, n, padding)
+        assert places.shape == (m, 3)
+        centres = places[:, 1]
+        np.testing.assert_array_equal(centres, 2 * np.arange(m) + first_centre(n, padding))
+        for offset in range(3):  # one fine pixel per coarse pixel and offset: no two blocks overwrite
+            on = places[:, offset][places[:, offset] < n]
+            assert len(set(on.tolist())) == len(on)
+    assert fine_places(4, 8, "circular")[0, 0] == 7  # wraps around
+
+
+def test_frames_grow_independently_and_the_same_seed_grows_the_same(gravel):
+    rng = np.random.default_rng(1)
+    coarse = rng.uniform(-80, 120, (2, 24, 24, 3)).astype(np.float32)
+    both = growth_of([gravel], seed=3)(coarse, (48, 48), "circular", 1)
+    alone = growth_of([gravel], seed=3)(coarse[1:], (48, 48), "circular", 1)
+    np.testing.assert_allclose(both[1:], alone, atol=1e-5)
+    np.testing.assert_array_equal(both, growth_of([gravel], seed=3)(coarse, (48, 48), "circular", 1))
+
+
+def test_a_large_source_is_sampled_down_to_the_candidate_limit(monkeypatch, gravel):
+    monkeypatch.setattr(detail, "MAX_CANDIDATES", 500)
+    levels = source_pyramids([gravel, gravel[::-1]], 2, "valid")
+    library = Library([(a, b) for a, b in levels], "valid", np.random.default_rng(0))
+    assert len(library.blocks) == 500 and library.tree.n == 500
+    assert library.blocks.shape[1:] == (3, 3, 3)
+
+
+def test_a_source_too_small_for_a_neighbourhood_leaves_the_enlargement():
+    tiny = np.random.default_rng(0).uniform(-50, 50, (12, 12, 3)).astype(np.float32)
+    growth = growth_of([tiny], octaves=4)
+    coarse = np.zeros((1, 8, 8, 3), np.float32)
+    assert growth.library(2).empty  # level 3 of a 12 px source: 2x2
+    np.testing.assert_array_equal(growth(coarse, (16, 16), "circular", 2), expand(coarse, (16, 16), "circular"))
+
+
+# ---------------------------------------------------------------- a small real run
+
+
+def growth_jumps(tmp_path, growth: str) -> tuple[list[float], float]:
+    """Worst coarse-octave jump right after each growth of a 96 px run, and its final loss."""
+    from quality import growth_damage
+    from synthesize import main
+
+    out = tmp_path / growth
+    assert main(["-s", str(EXAMPLE), "-ow", "96", "--octaves", "3", "-m", "24", "--random-seed", "2",
+                 "--growth", growth, "--output-dir", str(out), "--quiet"]) == 0
+    record = json.loads(next(out.glob("*/run.json")).read_text())
+    assert record["args"]["growth"] == growth
+    rows = growth_damage(record, 10)
+    return [max(r for r in row["after_growth"] if r is not None) for row in rows], record["final_loss"]
+
+
+def test_growing_with_detail_keeps_the_coarse_octaves_better_than_enlarging(tmp_path):
+    detail_jumps, detail_loss = growth_jumps(tmp_path, "detail")
+    smooth_jumps, smooth_loss = growth_jumps(tmp_path, "smooth")
+    assert len(detail_jumps) == len(smooth_jumps) == 2
+    assert all(d < s / 2 for d, s in zip(detail_jumps, smooth_jumps))
+    assert detail_loss < smooth_loss
