@@ -171,7 +171,7 @@ class DetailGrowth:
                         target = (frame, rows[span, a, None], cols[None, :, b])
                         detail[target] += TENT[a] * TENT[b] * blocks[:, :, a, b]
         # the weights each fine pixel got, row's times column's; none: valid padding's outermost pixels
-        weight = np.outer(*(tent_sums(places, size) for places, size in ((rows, height), (cols, width))))
+        weight = np.outer(tent_sums(rows, height), tent_sums(cols, width))
         np.divide(1.0, weight, out=weight, where=weight > 0)
         detail = detail[:, :height, :width]
         detail *= weight[None, :, :, None]
