@@ -846,7 +846,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     source_levels = (source_pyramids(caffe_sources, args.octaves, args.padding_mode)
                      if args.colour_weight or grow_detail else [])
     colour_targets = make_colour_targets(source_levels, sizes) if args.colour_weight else []
-    if padding != args.padding_mode:  # --tile: the same weights, wrapping around
+    if padding != args.padding_mode:  # --tile or a wrap canvas: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
     interframe = None
     if animated:
