@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import autodiff
-from colour import (BIN_STEP, bin_bounds, bin_offsets, binned_quantiles, colour_axes, colour_loss, colour_targets,
+from colour import (BIN_STEP, GAMUT_MARGIN, GAMUT_SPACING, GAMUT_WEIGHT, bin_bounds, bin_offsets, binned_quantiles,
+                    colour_axes, colour_loss, colour_targets, colour_term, gamut_distance, gamut_distances, gamut_loss,
                     quantiles, sample_positions)
+from vgg16 import CAFFE_MEAN_BGR
 
 
 def test_directions_span_the_minor_principal_axes():
@@ -89,6 +91,59 @@ def test_zero_for_the_sources_own_pixels_in_any_order_and_it_pulls_strange_colou
     loss, grad = _loss_and_gradient(strange, target)
     assert loss > 0
     assert grad[0, 4, 5, 2] > 0 and np.abs(grad[0, 4, 5, 2]) == np.abs(grad).max()  # descent pulls it back
+
+
+def test_gamut_distances_on_the_grid_and_between_its_nodes():
+    # one colour on a node (RGB 100 in every channel: node 25): the table is the exact distance
+    # from every node, and a pixel between nodes reads it linearly along each axis
+    grey = np.full((1, 3), 100.0) - CAFFE_MEAN_BGR
+    table = gamut_distances(grey)
+    assert table.shape == (65, 65, 65) and table[25, 25, 25] == 0.0
+    nodes = np.stack(np.meshgrid(*[np.arange(65)] * 3, indexing="ij"), -1) * GAMUT_SPACING
+    np.testing.assert_allclose(table, np.linalg.norm(nodes - 100.0, axis=-1), rtol=1e-6)
+    pixels = np.array([[100.0, 100.0, 100.0], [112.0, 100.0, 100.0], [106.0, 100.0, 100.0],
+                       [106.0, 106.0, 100.0], [0.0, 300.0, 100.0]]) - CAFFE_MEAN_BGR
+    read = autodiff.to_numpy(autodiff.compile(lambda x: gamut_distance(x, table))(
+        autodiff.to_device(pixels.reshape(1, 1, 5, 3).astype(np.float32))))
+    # on nodes exact; halfway between 4 and 8 units off: 6; a corner of four nodes: their mean;
+    # off the cube (300): its face (RGB 256)
+    corner = np.mean([np.hypot(a, b) for a in (4.0, 8.0) for b in (4.0, 8.0)])
+    np.testing.assert_allclose(read, [0.0, 12.0, 6.0, corner, np.hypot(100.0, 156.0 - 0.004)], rtol=1e-4)
+
+
+def test_a_colour_off_the_sources_gamut_costs_and_is_pulled_to_the_nearest_one():
+    from keras import ops
+
+    rng = np.random.default_rng(4)
+    source = rng.uniform(-40, 40, (12, 10, 1)) * np.ones(3)  # greys only
+    target, coarser = colour_targets([[source, source[::2, ::2]]], [(12, 10), (6, 5)])
+    np.testing.assert_allclose(target.gamut, gamut_distances(source), rtol=1e-6)
+    assert coarser.gamut is None and gamut_loss(np.full((1, 6, 5, 3), 99.0, np.float32), coarser) == 0.0
+    evaluate = autodiff.compile(autodiff.value_and_grad(lambda x: (gamut_loss(x, target), ops.zeros((1,)))))
+
+    def loss_and_gradient(image):
+        loss, grad, _ = evaluate(autodiff.to_device(image.astype(np.float32)))
+        return float(loss), autodiff.to_numpy(grad)
+
+    own = rng.permutation(source.reshape(-1, 3)).reshape(1, 12, 10, 3)
+    assert loss_and_gradient(own)[0] == 0.0  # the sources' own colours, in any order
+    tint = GAMUT_MARGIN - GAMUT_SPACING * np.sqrt(3) - 0.01  # the most a table read can be off (``gamut_distance``)
+    near = own + np.array([1.0, -1.0, 0.0]) * tint / np.sqrt(2)
+    assert tint > 2 and loss_and_gradient(near)[0] == 0.0  # tinted, but within the margin of a grey
+    tinted = own.copy()
+    tinted[0, 3, 4] += np.array([1.0, -1.0, 0.0]) * 30 / np.sqrt(2)  # one pixel 30 units off every grey
+    loss, grad = loss_and_gradient(tinted)
+    # its distance to the greys through the table: 30 (within the grid's rounding); mean over 120 pixels
+    excess = 30.0 - GAMUT_MARGIN
+    assert loss == pytest.approx(excess ** 2 / 120 * target.scale * GAMUT_WEIGHT, rel=0.3)
+    assert np.count_nonzero(grad.reshape(-1, 3).any(axis=1)) == 1  # only that pixel is pulled
+    assert np.dot(grad[0, 3, 4], [1.0, -1.0, 0.0]) > 0 and abs(grad[0, 3, 4].sum()) < 0.3 * np.abs(grad).max()
+    # (descent takes the tint off, not its lightness) and colour_term adds it to the sorted term's
+    image = autodiff.to_device(tinted.astype(np.float32))
+    together = autodiff.compile(lambda x: colour_term([x], [target], 2.0))(image)
+    sorted_term = autodiff.compile(lambda x: colour_loss(x, target))(image)
+    assert float(autodiff.to_numpy(together)) == pytest.approx(2.0 * (float(autodiff.to_numpy(sorted_term)) + loss),
+                                                               rel=1e-5)
 
 
 def test_it_sees_which_colours_go_with_which_lightness():
@@ -194,7 +249,8 @@ def test_a_real_run_keeps_the_sources_colours(tmp_path):
 def test_the_result_keeps_to_the_sources_range_of_values_unless_told_otherwise(tmp_path):
     # A grey source of 90..160, light dots on a darker ground: by default (--pixel-range source) no pixel
     # of the result is darker or brighter than the source's; with --pixel-range full (0..255, the
-    # original's) the sharp dots' Gram matrices pull pixels past both ends (measured: 66..222).
+    # original's) the sharp dots' Gram matrices pull pixels past both ends (measured: 66..222). The
+    # colour term is left out: its gamut part pulls such pixels back too (80..168 with it).
     from PIL import Image
 
     from images import load_rgb
@@ -209,7 +265,8 @@ def test_the_result_keeps_to_the_sources_range_of_values_unless_told_otherwise(t
     for mode in ("source", "full"):
         out = tmp_path / mode
         argv = ["-s", str(tmp_path / "dots.png"), "-ow", "64", "-o", "2", "-p", "reflect", "-m", "20",
-                "--network", "vgg19", "--random-seed", "2", "--pixel-range", mode, "--output-dir", str(out), "-q"]
+                "--network", "vgg19", "--random-seed", "2", "--pixel-range", mode, "--colour-weight", "0",
+                "--output-dir", str(out), "-q"]
         assert main(argv) == 0
         run_dir = next(out.iterdir())
         assert json.loads((run_dir / "run.json").read_text())["args"]["pixel_range"] == mode
