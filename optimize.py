@@ -441,7 +441,8 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     """Run L-BFGS as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
 
     ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``level_sizes``, ``padding``,
-    ``stage(level)``, the ``Minimiser`` of each stage's loss, and ``grow(x, level)``).
+    ``stage(level)``, the ``Minimiser`` of each stage's loss, and ``grow(x, level)`` -> (the grown
+    image, per frame whether it was reduced back or None), recorded as the stage's ``reduced_back``).
     ``max_iter`` counts from the run's start; ``progress.start_iteration`` of them are done
     already (a resumed run).
 
@@ -464,7 +465,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     levels = [0] if schedule == "plain" else list(range(top, -1, -1))
     if start_level is not None:
         levels = [level for level in levels if level <= start_level]
-    x, x_level = problem.x0, None
+    x, x_level, reduced_back = problem.x0, None, None
     at_full_size = "at {1}x{0}".format(*problem.level_sizes[0])
     if levels != [0]:  # the run's starting loss is the full-size loss of the starting canvas
         with autodiff.out_of_memory_as_error(at_full_size):
@@ -500,7 +501,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
         else:  # the previous stage's result, grown one pyramid level at a time
             with autodiff.out_of_memory_as_error(f"growing the image to {w}x{h}"):
                 for finer in range(x_level - 1, level - 1, -1):
-                    x = problem.grow(x, finer)
+                    x, reduced_back = problem.grow(x, finer)
         x_level = level
         try:
             with autodiff.out_of_memory_as_error(f"at {w}x{h}"):
@@ -516,6 +517,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             progress.stages.append({"level": level, "size": [h, w], "iterations": len(stage.loss_history),
                                     "initial_octave_losses": stage.initial_aux,
                                     "initial_loss": stage.initial_loss, "final_loss": stage.final_loss,
+                                    "reduced_back": reduced_back,
                                     "seconds": round(ticks[-1] - ticks[0], 4),
                                     "iteration_seconds": round(median, 5)})
         x = stage.best_x

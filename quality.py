@@ -130,7 +130,8 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
     ``octave_loss_history``): how the coarse octaves' losses compare with those the previous stage
     ended with, right after the growth (``after_growth``) and at worst during the stage's first
     ``window`` iterations (``first_iterations``); each a list over the coarse octaves (k > the
-    stage's level), finest first. 1 means kept; 100 means a hundredfold worse."""
+    stage's level), finest first. 1 means kept; 100 means a hundredfold worse. ``reduced_back``:
+    the stage's record of it (per frame, or None: not tried, or a run from before it)."""
     history, done, rows, previous = record["octave_loss_history"], 0, [], None
     for stage in record.get("stages", []):  # (written when a run ends: none while it runs or if killed)
         n, level = stage["iterations"], stage["level"]
@@ -141,7 +142,8 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
                 "level": level,
                 "after_growth": [start[k] / previous[k] if start[k] is not None else None for k in coarse],
                 "first_iterations": [max(history[done + i][k] for i in range(min(window, n))) / previous[k]
-                                     for k in coarse]})
+                                     for k in coarse],
+                "reduced_back": stage.get("reduced_back")})
         if n:
             previous = history[done + n - 1]
         done += n

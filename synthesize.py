@@ -38,7 +38,7 @@ MIN_POSITIONS = 64  # --min-positions: a Gram matrix from fewer positions of its
 SCHEDULES = ("plain", "coarse-to-fine")
 TILE_PADDING = "circular"  # boundary of the synthesised image with --tile: opposite edges are neighbours
 CANVASES = ("wrap", "open")  # --canvas
-GROWTHS = ("detail", "smooth")  # --growth
+GROWTHS = ("keep", "detail", "smooth")  # --growth
 
 
 # ----------------------------------------------------------------------------
@@ -144,11 +144,13 @@ def make_parser() -> argparse.ArgumentParser:
                        "next level's start (--max-iter counts all stages: the full-size stage gets half, the "
                        "coarser stages share the rest; lower loss than plain at equal time and no fine hatching); "
                        "plain: optimise the full-size image from the start, as the original did")
-    optim.add_argument("--growth", choices=GROWTHS, default="detail",
+    optim.add_argument("--growth", choices=GROWTHS, default="keep",
                        help="coarse-to-fine: how each stage's result starts the next, finer stage. detail: "
                        "enlarged, plus the sources' fine detail (their Laplacian band) from where their coarser "
-                       "level looks like the result: crisper, lower loss, and the coarse octaves kept better; "
-                       "smooth: enlarged only (default: %(default)s)")
+                       "level looks like the result: crisper and lower loss than smooth; keep: detail, then, on the "
+                       "wrap-around canvas, corrected until it reduces back to the previous stage's result, which "
+                       "the coarse octaves then keep (a few percent more loss than detail); smooth: enlarged only "
+                       "(default: %(default)s)")
     optim.add_argument("--pixel-range", choices=PIXEL_RANGES, default="source",
                        help="Which values each colour channel of the result may take: source (from the darkest "
                        "to the brightest value of that channel in the sources: a grey photo of 63..207 gives no "
@@ -709,16 +711,17 @@ class Problem:
     warnings: list = field(default_factory=list)  # what the user should know before it runs (run.json's too)
     left_out: list = field(default_factory=list)  # (level, layer) terms of too few positions, weight 0
     coarsest: int | None = None  # the coarsest level with a Gram term: where coarse-to-fine starts
-    detail: Callable | None = None  # --growth detail: detail.DetailGrowth of the sources; None: enlarge only
+    detail: Callable | None = None  # --growth keep or detail: detail.DetailGrowth of the sources; None: enlarge only
 
-    def grow(self, x, level: int):
+    def grow(self, x, level: int) -> tuple:
         """Coarse-to-fine: the canvas ``x`` (numpy (count, h, w, 3)) of level ``level`` + 1, grown into
-        the start of level ``level``'s stage (as --growth says)."""
+        the start of level ``level``'s stage (as --growth says), and per frame whether it was reduced
+        back to ``x`` (--growth keep on a wrap-around canvas; None where not tried)."""
         from pyramid import expand
 
         if self.detail is None:
-            return expand(x, self.level_sizes[level], self.padding)
-        return self.detail(x, self.level_sizes[level], self.padding, level)
+            return expand(x, self.level_sizes[level], self.padding), None
+        return self.detail(x, self.level_sizes[level], self.padding, level), self.detail.corrected
 
 
 class TileProgress:
@@ -842,7 +845,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     host_targets = join_grams(source_grams(caffe_sources, source_plans, extractor, network, layers,
                                            args.padding_mode, args.octaves), args.join_mode, args.mul)
     targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
-    grow_detail = args.growth == "detail" and args.schedule == "coarse-to-fine"
+    grow_detail = args.growth in ("keep", "detail") and args.schedule == "coarse-to-fine"
     source_levels = (source_pyramids(caffe_sources, args.octaves, args.padding_mode)
                      if args.colour_weight or grow_detail else [])
     colour_targets = make_colour_targets(source_levels, sizes) if args.colour_weight else []
@@ -911,7 +914,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                      padding=padding),
                    x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
                    (budget, budget_of), warnings, [(level, layers[k]) for level, k in left_out], coarsest,
-                   DetailGrowth(source_levels, args.padding_mode, seed) if grow_detail else None)
+                   DetailGrowth(source_levels, args.padding_mode, seed, bounds, args.growth == "keep")
+                   if grow_detail else None)
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:

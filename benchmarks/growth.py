@@ -5,7 +5,8 @@
 
 One line per growth: the stage's level and, for each coarser octave (finest first), its loss right
 after the growth and at worst in the stage's first WINDOW iterations, as multiples of what the
-previous stage ended with (1: kept).
+previous stage ended with (1: kept); then, per frame, whether --growth keep reduced the grown
+image back to the previous stage's result ("-": not tried).
 """
 
 import argparse
@@ -23,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("records", nargs="+", type=Path, help="run.json files")
     parser.add_argument("--window", type=int, default=10, help="first iterations of a stage to look at")
     args = parser.parse_args(argv)
-    print("run\tlevel\tafter growth\tworst in the first iterations")
+    print("run\tlevel\tafter growth\tworst in the first iterations\treduced back (--growth keep)")
     for path in args.records:
         try:
             rows = growth_damage(json.loads(path.read_text()), args.window)
@@ -33,7 +34,8 @@ def main(argv=None) -> int:
         for row in rows:
             after = " ".join("-" if r is None else f"{r:.3g}x" for r in row["after_growth"])
             worst = " ".join(f"{r:.3g}x" for r in row["first_iterations"])
-            print(f"{path}\t{row['level']}\t{after}\t{worst}")
+            back = "-" if row["reduced_back"] is None else " ".join("yes" if b else "no" for b in row["reduced_back"])
+            print(f"{path}\t{row['level']}\t{after}\t{worst}\t{back}")
     return 0
 
 

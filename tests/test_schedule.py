@@ -51,7 +51,7 @@ class QuadraticProblem:
         self.first_x = {}  # level -> the first image its stage evaluated
 
     def grow(self, x, level: int):
-        return expand(x, self.level_sizes[level], self.padding)
+        return expand(x, self.level_sizes[level], self.padding), None
 
     def stage(self, first: int) -> Minimiser:
         from keras import ops
@@ -167,7 +167,7 @@ def test_growth_damage_compares_each_stage_with_the_last_iteration_before_it():
                                       [5.0, 0.5, 6.0], [3.0, 3.0, 2.0], [1.0, 9.0, 8.0]]}
     # octave 1 had no stage of its own before (level 1 was skipped): only octave 2 is compared
     (row,) = growth_damage(record, window=2)
-    assert row == {"level": 0, "after_growth": [2.0], "first_iterations": [3.0]}
+    assert row == {"level": 0, "after_growth": [2.0], "first_iterations": [3.0], "reduced_back": None}
     assert growth_damage(record, window=3)[0]["first_iterations"] == [4.0]
     assert growth_damage({"octave_loss_history": []}) == []  # a run still going: no stages yet
 
