@@ -24,12 +24,12 @@ Elsewhere it reduces back only to about it, and the coarse octaves, which the pr
 brought far lower than the new one starts, lose hundreds of times what they had (gravel's last
 growth at 256 px: 380x). With --growth keep (the default), on a canvas that wraps around
 (circular padding), each frame of the grown image is then corrected until it reduces back to
-the coarse result (``reduce_back``: solved exactly in the Fourier domain, alternated with the
-pixel bounds), so that the growth keeps what the previous stage built, if that correction is no
-stronger than the sources' own detail at that level (``REALISABLE``). The first stage, started
-from noise, can keep detail at its finest scale that a reduced image does not have (gravel: 47%
-of the variance above half its highest frequency, the photo's level 29%); reproducing it exactly
-took swings of up to 167 pixel values (an RMS twice the detail's), which the new octave then
+the coarse result (``reduce_back``: solved exactly in the Fourier domain by
+``pyramid.Reduction``, alternated with the pixel bounds), so that the growth keeps what the
+previous stage built, if that correction is no stronger than the sources' own detail at that
+level (``REALISABLE``). The first stage, started from noise, can keep detail at its finest scale
+that a reduced image does not have (gravel: 47% of the variance above half its highest
+frequency, the photo's level 29%); reproducing it exactly took swings of up to 167 pixel values (an RMS twice the detail's), which the new octave then
 paid for (its loss 36x higher), and held to less (Tikhonov's correction) it was still worse than
 none. Such a growth is left as the detail made it: on every example, the first.
 """
@@ -147,83 +147,14 @@ def tent_sums(places: np.ndarray, n: int) -> np.ndarray:
     return sums[:n]
 
 
-def kernel_taps() -> np.ndarray:
-    """(5,) float64: ``pyramid.generating_kernel``, offsets -2..2."""
-    from pyramid import generating_kernel
-
-    return generating_kernel().astype(np.float64)
-
-
-def kernel_response(n: int) -> np.ndarray:
-    """(n,) the generating kernel's frequency response on a circle of n pixels (numpy's FFT order;
-    real, the kernel being symmetric)."""
-    k, angle = kernel_taps(), 2 * np.pi * np.fft.fftfreq(n)
-    return k[2] + 2 * k[3] * np.cos(angle) + 2 * k[4] * np.cos(2 * angle)
-
-
-def reduction_symbol(m: int) -> np.ndarray:
-    """(m,) the frequency response of R R^T on a circle of m coarse pixels, R being one ``reduce`` of
-    a circle of 2m: the kernel's autocorrelation at even lags, taps g_j = sum_t k_t k_(t-2j),
-    j = -2..2 (0.09 at the highest frequency, 0.5 at the lowest: never 0)."""
-    k = kernel_taps()
-    g = [sum(k[t] * k[t - 2 * j] for t in range(5) if 0 <= t - 2 * j < 5) for j in range(3)]
-    angle = 2 * np.pi * np.fft.fftfreq(m)
-    return g[0] + 2 * g[1] * np.cos(angle) + 2 * g[2] * np.cos(2 * angle)
-
-
-class Reduction:
-    """``pyramid.reduce`` with circular padding, R, on one channel of one image (H, W), both sides
-    even, in the Fourier domain (scipy.fft, float32: a 8192 px plane's spectrum takes 256 MB); its
-    transpose; and the smallest change that makes the image reduce to a given one."""
-
-    def __init__(self, height: int, width: int):
-        if height % 2 or width % 2:
-            raise ValueError(f"a wrap-around reduction needs even sides, not {height}x{width}")
-        self.shape = (height, width)
-        self.response = (kernel_response(height)[:, None] * kernel_response(width)[None, : width // 2 + 1]
-                         ).astype(np.float32)
-        self.symbol = (reduction_symbol(height // 2)[:, None] * reduction_symbol(width // 2)[None, :]
-                       ).astype(np.float32)
-
-    def _blur(self, x: np.ndarray) -> np.ndarray:
-        from scipy import fft
-
-        return fft.irfft2(fft.rfft2(np.asarray(x, np.float32), workers=-1) * self.response, s=self.shape, workers=-1)
-
-    def reduce(self, x: np.ndarray) -> np.ndarray:
-        """(H, W) -> (H/2, W/2): output pixel i centred on input pixel 2i, wrapping around."""
-        return self._blur(x)[::2, ::2]
-
-    def transpose(self, z: np.ndarray) -> np.ndarray:
-        """(H/2, W/2) -> (H, W): R^T z (zeros between the coarse pixels, then the kernel)."""
-        up = np.zeros(self.shape, np.float32)
-        up[::2, ::2] = z
-        return self._blur(up)
-
-    def correction(self, residual: np.ndarray) -> np.ndarray:
-        """R^T (R R^T)^-1 ``residual`` (H/2, W/2) -> (H, W): the smallest image whose subtraction
-        changes the reduction by exactly ``residual`` (R R^T is a convolution on the coarse torus:
-        a division by ``reduction_symbol`` in the Fourier domain)."""
-        from scipy import fft
-
-        return self.transpose(fft.ifft2(fft.fft2(np.asarray(residual, np.float32), workers=-1) / self.symbol,
-                                        workers=-1).real)
-
-    def correction_square_sum(self, residual: np.ndarray) -> float:
-        """The sum of squares of ``correction(residual)``, from the coarse grid alone: r . (R R^T)^-1 r,
-        the sum of |FFT r|^2 / symbol over frequencies, over the coarse pixel count (Parseval)."""
-        from scipy import fft
-
-        power = np.abs(fft.fft2(np.asarray(residual, np.float32), workers=-1)) ** 2
-        return float(np.sum(power / self.symbol, dtype=np.float64) / residual.size)
-
-
 def reduce_back(grown: np.ndarray, coarse: np.ndarray, rms: float, bounds) -> np.ndarray | None:
     """One frame ``grown`` (H, W, C) corrected until it reduces to ``coarse`` (H/2, W/2, C) on a
     wrap-around canvas, channel by channel: the exact correction (``Reduction.correction``), then
     ``PROJECTIONS`` - 1 more, each after clipping to ``bounds`` ((low, high), each a number or per
     channel (C,)): alternating projections onto the two sets, ending inside the bounds. None if the
     first correction's RMS (over the frame) would exceed ``rms`` (found on the coarse grid)."""
+    from pyramid import Reduction
+
     h, w, c = grown.shape
     reduction = Reduction(h, w)
     low, high = (np.broadcast_to(np.asarray(b, np.float32), (c,)) for b in bounds)

@@ -449,7 +449,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     plain: all iterations on the full-size canvas. coarse-to-fine: start on a
     canvas the size of the coarsest pyramid level with the loss of that level
     alone, then grow the result to the next level's size (``problem.grow``: ``pyramid.expand``,
-    plus the sources' detail with --growth detail) and optimise the loss of the levels that
+    plus the sources' detail with --growth keep or detail) and optimise the loss of the levels that
     exist there, and so on up to full size. The iterations left are shared by
     ``stage_budgets``; a stage with none is skipped. ``start_level``: the stage a resumed run had reached; it carries
     on there (never coarser), from ``x0``, its last saved image. ``coarsest``: the coarsest level

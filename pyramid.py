@@ -2,7 +2,8 @@
 
 Level 0 is the image itself; level k+1 is ``reduce(level k)``: the 5-tap
 generating kernel applied to every colour channel, vertically and horizontally,
-with stride 2.
+with stride 2. ``Reduction`` is the same step on a torus (circular padding), in
+numpy, with its transpose and its exact inverse correction (what --growth keep uses).
 """
 
 from __future__ import annotations
@@ -60,6 +61,70 @@ def gaussian_pyramid(images, octaves: int, padding: str) -> list:
     for _ in range(octaves - 1):
         levels.append(reduce(levels[-1], padding))
     return levels
+
+
+def kernel_response(n: int) -> np.ndarray:
+    """(n,) the generating kernel's frequency response on a circle of n pixels (numpy's FFT order;
+    real, the kernel being symmetric)."""
+    k, angle = generating_kernel().astype(np.float64), 2 * np.pi * np.fft.fftfreq(n)
+    return k[2] + 2 * k[3] * np.cos(angle) + 2 * k[4] * np.cos(2 * angle)
+
+
+def reduction_symbol(m: int) -> np.ndarray:
+    """(m,) the frequency response of R R^T on a circle of m coarse pixels, R being one ``reduce`` of
+    a circle of 2m: the kernel's autocorrelation at even lags, taps g_j = sum_t k_t k_(t-2j),
+    j = -2..2 (0.09 at the highest frequency, 0.5 at the lowest: never 0)."""
+    k = generating_kernel().astype(np.float64)
+    g = [sum(k[t] * k[t - 2 * j] for t in range(5) if 0 <= t - 2 * j < 5) for j in range(3)]
+    angle = 2 * np.pi * np.fft.fftfreq(m)
+    return g[0] + 2 * g[1] * np.cos(angle) + 2 * g[2] * np.cos(2 * angle)
+
+
+class Reduction:
+    """``reduce`` with circular padding, R, on one channel of one image (H, W), both sides
+    even, in the Fourier domain (scipy.fft, float32: a 8192 px plane's spectrum takes 256 MB); its
+    transpose; and the smallest change that makes the image reduce to a given one."""
+
+    def __init__(self, height: int, width: int):
+        if height % 2 or width % 2:
+            raise ValueError(f"a wrap-around reduction needs even sides, not {height}x{width}")
+        self.shape = (height, width)
+        self.response = (kernel_response(height)[:, None] * kernel_response(width)[None, : width // 2 + 1]
+                         ).astype(np.float32)
+        self.symbol = (reduction_symbol(height // 2)[:, None] * reduction_symbol(width // 2)[None, :]
+                       ).astype(np.float32)
+
+    def _blur(self, x: np.ndarray) -> np.ndarray:
+        from scipy import fft
+
+        return fft.irfft2(fft.rfft2(np.asarray(x, np.float32), workers=-1) * self.response, s=self.shape, workers=-1)
+
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        """(H, W) -> (H/2, W/2): output pixel i centred on input pixel 2i, wrapping around."""
+        return self._blur(x)[::2, ::2]
+
+    def transpose(self, z: np.ndarray) -> np.ndarray:
+        """(H/2, W/2) -> (H, W): R^T z (zeros between the coarse pixels, then the kernel)."""
+        up = np.zeros(self.shape, np.float32)
+        up[::2, ::2] = z
+        return self._blur(up)
+
+    def correction(self, residual: np.ndarray) -> np.ndarray:
+        """R^T (R R^T)^-1 ``residual`` (H/2, W/2) -> (H, W): the smallest image whose subtraction
+        changes the reduction by exactly ``residual`` (R R^T is a convolution on the coarse torus:
+        a division by ``reduction_symbol`` in the Fourier domain)."""
+        from scipy import fft
+
+        return self.transpose(fft.ifft2(fft.fft2(np.asarray(residual, np.float32), workers=-1) / self.symbol,
+                                        workers=-1).real)
+
+    def correction_square_sum(self, residual: np.ndarray) -> float:
+        """The sum of squares of ``correction(residual)``, from the coarse grid alone: r . (R R^T)^-1 r,
+        the sum of |FFT r|^2 / symbol over frequencies, over the coarse pixel count (Parseval)."""
+        from scipy import fft
+
+        power = np.abs(fft.fft2(np.asarray(residual, np.float32), workers=-1)) ** 2
+        return float(np.sum(power / self.symbol, dtype=np.float64) / residual.size)
 
 
 def source_pyramids(sources, octaves: int, padding: str) -> list[list[np.ndarray]]:

@@ -9,8 +9,8 @@ import pytest
 
 import detail
 from conftest import EXAMPLE
-from detail import DetailGrowth, Library, Reduction, fine_places, reduce_back, reduction_symbol
-from pyramid import expand, reduce, reduced_size, source_pyramids
+from detail import DetailGrowth, Library, fine_places, reduce_back
+from pyramid import Reduction, expand, reduce, reduced_size, reduction_symbol, source_pyramids
 from vgg16 import preprocess
 
 PADDINGS = [("circular", 96), ("reflect", 96), ("reflect", 95), ("valid", 101), ("same", 95)]
