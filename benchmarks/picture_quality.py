@@ -13,8 +13,8 @@ luminance and contrast ratios of the 4 px and 12 px border bands over the centre
 (``quality.frame_ratios``: 1 = no frame); what the coarse-to-fine growths did to the coarse octaves'
 losses at worst, right after a growth and in a stage's first 10 iterations, as multiples of what
 the previous stage left them at (``quality.worst_growth``, see ``benchmarks/growth.py``; "-" for a
-plain run); the run's final Gram loss and its seconds. Prints a Markdown table and writes it as
-JSON beside the runs.
+plain run); the run's final Gram loss, the picture's own (``picture_alone``) and the run's seconds.
+Prints a Markdown table and writes it as JSON beside the runs.
 """
 
 from __future__ import annotations
@@ -47,6 +47,32 @@ def measure(source: Path, image: Path) -> dict:
     return scores
 
 
+ALONE_OPTIONS = ["--padding-mode", "reflect", "--margin", "0", "--canvas", "open", "--colour-weight", "0",
+                 "--min-positions", "1", "--pixel-range", "full", "--schedule", "plain", "--random-seed", "0"]
+
+
+def picture_alone(record: dict, image: Path) -> float:
+    """The Gram loss of the saved picture by itself: the run's sources at its sizes, its network,
+    layers and octaves, but every term of every octave at weight 1, reflect padding, no margin and
+    no wrap-around (``ALONE_OPTIONS``). A run's own Gram loss is its canvas's, margin included, which
+    the optimiser balances against the picture; this one compares runs of different canvases and
+    margins, and a picture with a crop of its source."""
+    import synthesize
+
+    options, argv = record["args"], []
+    for path in options["source"]:
+        argv += ["-s", str(REPO / path)]  # as the run saw them (a relative path was the repository's)
+    for flag, key in (("-ss", "source_scale"), ("-sw", "source_width")):
+        if options[key] is not None:
+            argv += [flag, str(options[key])]
+    argv += ["-ow", str(options["output_width"]), "-oh", str(options["output_height"]), "--network", record["network"],
+             "-l", *map(str, options["layers"]), "-o", str(options["octaves"]), "-j", options["join_mode"],
+             "--mul", str(options["mul"]), "-d", str(REPO / options["data_dir"]), "--init-image", str(image),
+             *ALONE_OPTIONS]
+    problem = synthesize.prepare(synthesize.parse_args(argv), lambda message: None, optimised=False)
+    return float(problem.stage(0).evaluate(problem.x0)[0])
+
+
 def run(source: Path, size: int, options: list[str], out: Path) -> dict:
     """One synthesize.py run in a fresh process; its run.json with the picture's scores added."""
     argv = [sys.executable, str(REPO / "synthesize.py"), "-s", str(source), "-ow", str(size), *options,
@@ -57,6 +83,7 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
     image = Path(record["output_dir"]) / "final_F0000.png"
     growth, first_iterations = worst_growth(growth_damage(record))
     return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
+            "picture_alone": picture_alone(record, image),
             **measure(source, image), "growth": growth, "growth_first_iterations": first_iterations,
             "image": str(image)}
 
@@ -80,8 +107,8 @@ def main(argv=None) -> int:
     variants = args.variant or [""]
     rows = []
     print("| source | variant | outliers | source crop | whole source | lum 4 | contrast 4 | lum 12 | contrast 12 | "
-          "growth | first 10 | Gram loss | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "growth | first 10 | Gram loss | alone | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for source in args.sources:
         for number, variant in enumerate(variants):
             out = args.output_dir / f"{source.stem}.{args.size}.v{number}"
@@ -94,7 +121,7 @@ def main(argv=None) -> int:
                   f"{row['outliers_whole_source']:.3%} | "
                   + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
                   + f" | {multiple(row['growth'])} | {multiple(row['growth_first_iterations'])}"
-                  + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)
+                  + f" | {row['gram_loss']:.3g} | {row['picture_alone']:.3g} | {row['seconds']:.0f} |", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"picture_quality.{args.size}.json").write_text(json.dumps(rows, indent=1))
     return 0

@@ -315,3 +315,29 @@ def test_colour_outliers_against_the_sources_other_half():
     # the crop: the centred 10x10 of the right half (rows 5-14, columns 25-34): no red there
     assert crop == 0
     assert colour_outliers_against_source(source[:, 20:], source)[1] == pytest.approx(25 / 400)
+
+
+def test_picture_alone_scores_a_crop_of_the_source_below_other_textures_and_blur(tmp_path):
+    """picture_quality.picture_alone: the Gram loss of a saved picture by itself, against the run's
+    sources as its run.json names them (a relative path is the repository's). A crop of the source
+    scores far below a crop of another texture and the same crop blurred."""
+    import importlib.util
+
+    from PIL import Image
+
+    from images import load_rgb
+
+    spec = importlib.util.spec_from_file_location("picture_quality_cli", REPO / "benchmarks" / "picture_quality.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    crop = load_rgb(REPO / "examples" / "gravel.png")[64:320:4, 64:320:4]  # 64 px of the source as -sw 128 has it
+    blurred = np.asarray(Image.fromarray(crop).resize((16, 16)).resize((64, 64), Image.BILINEAR))
+    brick = load_rgb(REPO / "examples" / "brick.png")[:256:4, :256:4]
+    args = {"source": ["examples/gravel.png"], "source_scale": None, "source_width": 128, "join_mode": "average",
+            "mul": 1.0, "output_width": 64, "output_height": 64, "layers": [2, 7], "octaves": 2,
+            "data_dir": "/nonexistent-data-dir"}
+    scores = []
+    for name, rgb in (("crop", crop), ("brick", brick), ("blurred", blurred)):
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp_path / f"{name}.png")
+        scores.append(cli.picture_alone({"args": args, "network": "vgg19"}, tmp_path / f"{name}.png"))
+    assert 0 < scores[0] < scores[1] / 4 and scores[0] < scores[2] / 10, scores
