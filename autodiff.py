@@ -355,11 +355,13 @@ def out_of_memory_as_error(what: str):
 
 
 def make_deterministic(seed: int) -> None:
-    """Seed the backend and ask it for deterministic kernels, so a run repeats bit for bit.
+    """Seed the backend and ask it for deterministic kernels, so a run repeats bit for bit (on
+    TensorFlow's CPU not at 512 px and above on the wrap-around canvas: its gradient differs in the
+    last bits from one evaluation to the next; see the README's "Repeat a result").
 
     TensorFlow: op determinism; torch: deterministic algorithms (and cuBLAS's
     fixed workspace); JAX: deterministic GPU ops (set in ``init_backend``); the
-    CPU builds of all three are deterministic for these ops.
+    CPU builds of all three are deterministic for these ops at small sizes.
     """
     backend = backend_name()  # (not keras.utils.set_random_seed: it imports TensorFlow on every backend)
     np.random.seed(seed)

@@ -198,8 +198,8 @@ class DetailGrowth:
     def __call__(self, x: np.ndarray, size: tuple[int, int], padding: str, level: int) -> np.ndarray:
         """(N, h, w, C) level ``level`` + 1 of the canvas -> (N, size[0], size[1], C) the start of level
         ``level``: ``with_detail``; with ``keep``, on a wrap-around canvas (circular ``padding``), then
-        each frame corrected to reduce back to its frame of ``x`` if that takes no more than the
-        sources' detail (``reduce_back``; ``corrected`` says for which, None where not tried)."""
+        each frame corrected to reduce back to its frame of ``x`` if that takes at most ``REALISABLE``
+        times the sources' detail (``reduce_back``; ``corrected`` says for which, None where not tried)."""
         library = self.library(level)
         grown = self.with_detail(x, size, padding, library)
         self.corrected = None

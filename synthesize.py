@@ -160,8 +160,8 @@ def make_parser() -> argparse.ArgumentParser:
                        "contrast), dark (the original's dark noise), symmetric (smooth mirror-symmetric grey)")
     optim.add_argument("--random-seed", type=int, default=None,
                        help="Seed of the random number generators; the same command with the same seed "
-                       "gives the same images on the same machine (default: drawn, printed and recorded "
-                       "in run.json)")
+                       "gives the same images on the same machine at 256 px, nearly the same (pixels apart) "
+                       "at 512 px and above (default: drawn, printed and recorded in run.json)")
     optim.add_argument("--init-image", default=None, metavar="PATH",
                        help="Start from this image (resized to the output size; its values brought into "
                        "--pixel-range) instead of --seed noise")

@@ -13,8 +13,8 @@ luminance and contrast ratios of the 4 px and 12 px border bands over the centre
 (``quality.frame_ratios``: 1 = no frame); what the coarse-to-fine growths did to the coarse octaves'
 losses at worst, right after a growth and in a stage's first 10 iterations, as multiples of what
 the previous stage left them at (``quality.worst_growth``, see ``benchmarks/growth.py``; "-" for a
-plain run); the run's final Gram loss, the picture's own (``picture_alone``) and the run's seconds.
-Prints a Markdown table and writes it as JSON beside the runs.
+plain run); the run's final Gram loss and its seconds; and, once every run is done, the picture's
+own Gram loss (``picture_alone``). Prints Markdown tables and writes them as JSON beside the runs.
 """
 
 from __future__ import annotations
@@ -61,9 +61,8 @@ def picture_alone(record: dict, image: Path) -> float:
     exactly this, 35-100x below the others' and a crop's (gravel, 256 px)."""
     import synthesize
 
-    options, argv = record["args"], []
-    for path in options["source"]:
-        argv += ["-s", str(REPO / path)]  # as the run saw them (a relative path was the repository's)
+    options = record["args"]
+    argv = ["-s", *(str(REPO / path) for path in options["source"])]  # a relative path was the repository's
     for flag, key in (("-ss", "source_scale"), ("-sw", "source_width")):
         if options[key] is not None:
             argv += [flag, str(options[key])]
@@ -85,9 +84,8 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
     image = Path(record["output_dir"]) / "final_F0000.png"
     growth, first_iterations = worst_growth(growth_damage(record))
     return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
-            "picture_alone": picture_alone(record, image),
             **measure(source, image), "growth": growth, "growth_first_iterations": first_iterations,
-            "image": str(image)}
+            "image": str(image), "record": str(next(out.glob("*/run.json")))}
 
 
 def multiple(value: float | None) -> str:
@@ -109,8 +107,8 @@ def main(argv=None) -> int:
     variants = args.variant or [""]
     rows = []
     print("| source | variant | outliers | source crop | whole source | lum 4 | contrast 4 | lum 12 | contrast 12 | "
-          "growth | first 10 | Gram loss | alone | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "growth | first 10 | Gram loss | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for source in args.sources:
         for number, variant in enumerate(variants):
             out = args.output_dir / f"{source.stem}.{args.size}.v{number}"
@@ -123,7 +121,14 @@ def main(argv=None) -> int:
                   f"{row['outliers_whole_source']:.3%} | "
                   + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
                   + f" | {multiple(row['growth'])} | {multiple(row['growth_first_iterations'])}"
-                  + f" | {row['gram_loss']:.3g} | {row['picture_alone']:.3g} | {row['seconds']:.0f} |", flush=True)
+                  + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)
+    # each picture alone, once every run is done: Keras starts in this process only now, so that no run
+    # shares a device (and its memory) with it
+    print("\n| source | variant | picture alone |\n|---|---|---|")
+    for row in rows:
+        row["picture_alone"] = picture_alone(json.loads(Path(row["record"]).read_text()), Path(row["image"]))
+        print(f"| {Path(row['source']).name} | `{row['variant'] or '(none)'}` | {row['picture_alone']:.3g} |",
+              flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / f"picture_quality.{args.size}.json").write_text(json.dumps(rows, indent=1))
     return 0

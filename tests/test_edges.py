@@ -319,13 +319,12 @@ def test_colour_outliers_against_the_sources_other_half():
 
 def test_picture_alone_scores_a_crop_of_the_source_below_other_textures_and_blur(tmp_path):
     """picture_quality.picture_alone: the Gram loss of a saved picture by itself, against the run's
-    sources as its run.json names them (a relative path is the repository's). A crop of the source
-    scores far below a crop of another texture and the same crop blurred."""
+    sources as its run.json names them (a relative path is the repository's; every one of them). A
+    crop of the source scores far below a crop of another texture and the same crop blurred; against
+    two sources, between its scores against each."""
     import importlib.util
 
     from PIL import Image
-
-    from images import load_rgb
 
     spec = importlib.util.spec_from_file_location("picture_quality_cli", REPO / "benchmarks" / "picture_quality.py")
     cli = importlib.util.module_from_spec(spec)
@@ -336,8 +335,13 @@ def test_picture_alone_scores_a_crop_of_the_source_below_other_textures_and_blur
     args = {"source": ["examples/gravel.png"], "source_scale": None, "source_width": 128, "join_mode": "average",
             "mul": 1.0, "output_width": 64, "output_height": 64, "layers": [2, 7], "octaves": 2,
             "data_dir": "/nonexistent-data-dir"}
-    scores = []
-    for name, rgb in (("crop", crop), ("brick", brick), ("blurred", blurred)):
+
+    def score(name, rgb, sources=("examples/gravel.png",)):
         Image.fromarray(np.ascontiguousarray(rgb)).save(tmp_path / f"{name}.png")
-        scores.append(cli.picture_alone({"args": args, "network": "vgg19"}, tmp_path / f"{name}.png"))
-    assert 0 < scores[0] < scores[1] / 4 and scores[0] < scores[2] / 10, scores
+        return cli.picture_alone({"args": {**args, "source": list(sources)}, "network": "vgg19"},
+                                 tmp_path / f"{name}.png")
+
+    itself, other, soft = score("crop", crop), score("brick", brick), score("blurred", blurred)
+    assert 0 < itself < other / 4 and itself < soft / 10, (itself, other, soft)
+    both = score("crop", crop, ("examples/gravel.png", "examples/brick.png"))
+    assert itself < both < score("crop", crop, ("examples/brick.png",)), both
