@@ -80,12 +80,13 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
             "--output-dir", str(out), "-q"]
     if subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:  # its own error is above
         raise SystemExit(f"picture_quality.py: error: synthesize.py failed on {source} with {' '.join(options)}")
-    record = json.loads(next(out.glob("*/run.json")).read_text())
+    record_path = next(out.glob("*/run.json"))
+    record = json.loads(record_path.read_text())
     image = Path(record["output_dir"]) / "final_F0000.png"
     growth, first_iterations = worst_growth(growth_damage(record))
     return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
             **measure(source, image), "growth": growth, "growth_first_iterations": first_iterations,
-            "image": str(image), "record": str(next(out.glob("*/run.json")))}
+            "image": str(image), "record": str(record_path)}
 
 
 def multiple(value: float | None) -> str:
@@ -122,15 +123,22 @@ def main(argv=None) -> int:
                   + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
                   + f" | {multiple(row['growth'])} | {multiple(row['growth_first_iterations'])}"
                   + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    table = args.output_dir / f"picture_quality.{args.size}.json"
+    table.write_text(json.dumps(rows, indent=1))  # the runs' scores are kept whatever happens next
     # each picture alone, once every run is done: Keras starts in this process only now, so that no run
     # shares a device (and its memory) with it
+    from errors import SynthesisError
+
     print("\n| source | variant | picture alone |\n|---|---|---|")
     for row in rows:
-        row["picture_alone"] = picture_alone(json.loads(Path(row["record"]).read_text()), Path(row["image"]))
+        try:
+            row["picture_alone"] = picture_alone(json.loads(Path(row["record"]).read_text()), Path(row["image"]))
+        except SynthesisError as err:
+            raise SystemExit(f"picture_quality.py: error: scoring {row['image']} alone: {err}") from None
         print(f"| {Path(row['source']).name} | `{row['variant'] or '(none)'}` | {row['picture_alone']:.3g} |",
               flush=True)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / f"picture_quality.{args.size}.json").write_text(json.dumps(rows, indent=1))
+    table.write_text(json.dumps(rows, indent=1))
     return 0
 
 
