@@ -24,6 +24,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +35,12 @@ from errors import SynthesisError
 BACKENDS = ("tensorflow", "jax", "torch")  # the --backend choices, each also its package's name
 JAX_CACHE_ENV = "TEXTURE_JAX_CACHE"  # overrides the folder of JAX's persistent compilation cache
 
-_compilations = {"count": 0, "cache_hits": 0}
+_compilations = {"count": 0, "cache_hits": 0, "seconds": 0.0}
+_backend_seconds: float | None = None  # init_backend's, once it has started Keras and the device
+# JAX's monitoring events whose durations make up the time spent compiling: tracing, lowering, XLA
+# (its GPU autotuning included), and reading a program from the persistent cache instead
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
 
 
 class DeviceOutOfMemory(SynthesisError):
@@ -73,6 +79,7 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
     starts. Raises SynthesisError when the backend is unknown, not installed, or
     a different one is already running in this process.
     """
+    global _backend_seconds
     name = backend or os.environ.get("KERAS_BACKEND") or BACKENDS[0]
     if name not in BACKENDS:
         raise SynthesisError(f"backend {name} (--backend or KERAS_BACKEND): not one this tool can "
@@ -92,18 +99,23 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
         raise SynthesisError(f"--backend {name}: the {name} package is not installed "
                              f"(pip install {name}, or choose another --backend)")
     os.environ["KERAS_BACKEND"] = name
+    started = time.perf_counter()
     if deterministic and name == "jax":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     context = contextlib.nullcontext() if verbose else _native_stderr_captured()
     with context:
         import keras  # noqa: F401
 
-        if name == "tensorflow":
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
         _configure(name)
+        device_name()  # starts the device (TensorFlow's probing, JAX's client, torch's CUDA context)
+    _backend_seconds = time.perf_counter() - started
     return name
+
+
+def backend_seconds() -> float | None:
+    """Seconds this process spent importing Keras and its backend and starting the device, or None
+    when ``init_backend`` did not start them (Keras was running already)."""
+    return None if _backend_seconds is None else round(_backend_seconds, 3)
 
 
 def _configure(name: str) -> None:
@@ -125,6 +137,8 @@ def _configure(name: str) -> None:
     def on_duration(event: str, duration: float, **_kwargs) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
             _compilations["count"] += 1
+        if event in _COMPILE_EVENTS:
+            _compilations["seconds"] += duration
 
     def on_event(event: str, **_kwargs) -> None:
         if event == "/jax/compilation_cache/cache_hits":
@@ -140,10 +154,12 @@ def _cache_home() -> Path:
 
 def compilations() -> dict | None:
     """JAX only: {"count": XLA compilations so far, "cache_hits": programs read from the
-    persistent cache}; None on the other backends (they do not compile per op)."""
+    persistent cache, "seconds": spent tracing, compiling and reading programs from the cache};
+    None on the other backends (they do not compile per op)."""
     if backend_name() != "jax":
         return None
-    return {"count": _compilations["count"], "cache_hits": _compilations["cache_hits"]}
+    return {"count": _compilations["count"], "cache_hits": _compilations["cache_hits"],
+            "seconds": round(_compilations["seconds"], 3)}
 
 
 def backend_name() -> str:

@@ -953,6 +953,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
 
     started = time.monotonic()
     problem = prepare(args, reporter.message)
+    prepared = time.monotonic()
     width, height, margin = args.output_width, args.output_height, problem.margin
 
     run_dir = create_run_dir(Path(args.output_dir), run_dir_name(
@@ -1013,6 +1014,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         reporter.update(i, progress.final_loss)
 
     exit_status = 0
+    optimising = time.monotonic()
     try:
         optimise(problem, args.schedule, args.octaves, args.max_iter, args.tol, on_iteration, progress,
                  on_stage=reporter.start, start_level=args.start_level, coarsest=problem.coarsest)
@@ -1035,6 +1037,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         exit_status = interrupt.exit_status
     finally:
         reporter.close()
+        optimised = time.monotonic()
     writer.wait()  # after an early stop
     if exit_status:
         reporter.error(f"stopped: {progress.stop_reason}; saving the current image")
@@ -1058,6 +1061,10 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         record["seam_ratios"] = [round(seam_ratio(image), 4) for image in final]
         reporter.message(f"seam ratio {_join(record['seam_ratios'])} (1: the wrap seam is like any other pixel step)")
     write_pictures(run_dir, progress)
+    record["timings"] = {  # where the start-up goes; the stages' own are in record["stages"]
+        "backend": autodiff.backend_seconds(), "prepare": round(prepared - started, 3),
+        "starting_loss": progress.starting_loss_seconds, "optimise": round(optimised - optimising, 3),
+        "finish": round(time.monotonic() - optimised, 3)}
     write_record(exit_status=exit_status)
     return record
 

@@ -193,30 +193,68 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
     }
 
 
-def whole_run(size: int, network: str, extra: list[str]) -> dict:
+def whole_run(size: int, network: str, extra: list[str], limit: float | None = None) -> dict:
     """Wall time of a whole default run of ``size`` px as a user starts it (a fresh process:
     imports, weights, targets, compilation, 500 iterations, files), and its start-up: the wall
     time less each stage's iterations at their median time (run.json's ``stages``): imports,
-    weights, targets, compilation, files."""
+    weights, targets, compilation, files. ``limit``: seconds after which the run is sent SIGTERM,
+    as a user stopping it would (it saves what it has, and its run.json says where the time went)."""
+    import signal
     import tempfile
 
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryFile("w+") as log:
         command = [sys.executable, str(REPO / "synthesize.py"), "-s", str(EXAMPLE), "-ow", str(size),
                    "--network", network, "--random-seed", "0", "-q", "--output-dir", out, *extra]
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        stderr = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        stopped = False
+        while True:  # os.wait4: this child's own peak memory
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if limit is not None and not stopped and time.perf_counter() - start > limit:
+                proc.send_signal(signal.SIGTERM)
+                stopped = True
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"whole run failed:\n{stderr[-3000:]}")
-        record = json.loads(next(Path(out).glob("*/run.json")).read_text())
+        runs = list(Path(out).glob("*/run.json"))
+        if (proc.returncode != 0 and not stopped) or not runs:
+            log.seek(0)
+            what = f"stopped after {limit:g} s before its optimisation began" if stopped else "failed"
+            raise SystemExit(f"whole run {what}:\n{log.read()[-3000:]}")
+        record = json.loads(runs[0].read_text())
     iterating = sum(stage["iterations"] * stage["iteration_seconds"] for stage in record["stages"])
-    full_size = record["stages"][-1]
+    full_size = record["stages"][-1] if record["stages"] else {"iteration_seconds": math.nan}
     return {"size": size, "extra": extra, "wall_s": wall, "iterations": record["iterations"],
+            "stopped_after_s": limit if stopped else None,
             "iteration_s": full_size["iteration_seconds"], "startup_s": wall - iterating,
+            "startup": startup_parts(record, wall, iterating), "stages": record["stages"],
+            "compilations": record.get("compilations"),
             "backend": record["backend"], "device": record["device"], "final_loss": record["final_loss"],
             "peak_rss_gib": usage.ru_maxrss / 2**20, "memory": record.get("memory")}
+
+
+def startup_parts(record: dict, wall: float, iterating: float) -> dict:
+    """Where a whole run's start-up (``wall`` less ``iterating``, seconds) went, from its run.json:
+    backend (imports, the device), prepare (sources, weights, targets; less the backend), the
+    coarse-to-fine run's full-size starting loss (its program's compilation), growths between
+    stages, first iterations beyond a stage's median (the starting evaluation and, under JAX, the
+    stage's compilations), finish (final images, pictures), the rest (the interpreter, snapshots
+    waited for, iterations slower than their median) and compile (JAX: tracing, compiling and
+    cache reads, counted across the parts above)."""
+    timings, stages = record.get("timings") or {}, record["stages"]
+    backend = timings.get("backend") or 0.0
+    parts = {
+        "backend": backend, "prepare": timings.get("prepare", 0.0) - backend,
+        "starting_loss": timings.get("starting_loss") or 0.0,
+        "growths": sum(stage.get("grow_seconds") or 0.0 for stage in stages),
+        "first_iterations": sum((stage.get("first_iteration_seconds") or 0.0) - stage["iteration_seconds"]
+                                for stage in stages if stage["iterations"]),
+        "finish": timings.get("finish", 0.0)}
+    parts["rest"] = wall - iterating - sum(parts.values())
+    parts["compile"] = (record.get("compilations") or {}).get("seconds")
+    return {name: None if value is None else round(value, 2) for name, value in parts.items()}
 
 
 def evaluation(size: int, max_memory: str | None, repeats: int, extra: list[str]) -> dict:
@@ -335,6 +373,9 @@ def main(argv=None) -> int:
                         help="also time whole default runs of these sizes, as a user starts them, twice "
                         "(the second shows what a warm compilation cache saves)")
     parser.add_argument("--runs", type=int, default=2, help="--whole: runs of each size (cold, then warm cache)")
+    parser.add_argument("--whole-limit", type=float, default=None, metavar="SECONDS",
+                        help="--whole: stop a run after this long (SIGTERM: it saves what it has, and the "
+                             "start-up is still broken down)")
     parser.add_argument("--evaluate", type=int, nargs="*", default=None, metavar="SIZE",
                         help="time one loss-and-gradient evaluation at these sizes, tiled to fit --max-memory, "
                         "and (--untiled-too) the whole image, each in a fresh process: seconds, peak memory")
@@ -396,12 +437,16 @@ def main(argv=None) -> int:
     whole = []
     for size in args.whole or []:
         for attempt in ("first", "repeated", "third", "fourth")[:args.runs]:
-            r = whole_run(size, networks[0], extra)
+            r = whole_run(size, networks[0], extra, args.whole_limit)
             r["attempt"] = attempt
             whole.append(r)
-            print(f"whole default run {size} px ({attempt}): {r['wall_s']:.1f} s wall, {r['iterations']} iterations "
-                  f"({r['iteration_s']:.4f} s each at full size), start-up {r['startup_s']:.1f} s, peak memory "
-                  f"{r['peak_rss_gib']:.2f} GiB; {r['device']}", flush=True)
+            stopped = f", stopped after {args.whole_limit:g} s" if r["stopped_after_s"] else ""
+            print(f"whole default run {size} px ({attempt}{stopped}): {r['wall_s']:.1f} s wall, "
+                  f"{r['iterations']} iterations ({r['iteration_s']:.4f} s each at the last stage's size), "
+                  f"start-up {r['startup_s']:.1f} s, peak memory {r['peak_rss_gib']:.2f} GiB; {r['device']}",
+                  flush=True)
+            print("  start-up: " + ", ".join(f"{name} {value:.1f} s" for name, value in r["startup"].items()
+                                             if value is not None), flush=True)
     ttq = []
     if args.ttq:
         header = " ".join(f"{'s to ' + format(f, 'g'):>9}" for f in TTQ_FRACTIONS)

@@ -132,8 +132,13 @@ def test_jax_compiles_once_per_shape_not_per_iteration(tmp_path, monkeypatch):
         assert done.returncode == 0, done.stderr
         counts[name] = record(tmp_path / name)["compilations"]
     stages, sources = 2, 1
-    assert counts["short"] == counts["long"], counts
+    assert counts["short"]["count"] == counts["long"]["count"], counts
     assert counts["long"]["count"] == 3 * stages + 2 * sources, counts
+    # the time they took (tracing included): less when the big programs are read back
+    assert 0 < counts["again"]["seconds"] < counts["long"]["seconds"], counts
+    # a fresh process times its backend's start (imports, the device) within its preparation
+    timings = record(tmp_path / "long")["timings"]
+    assert 0 < timings["backend"] < timings["prepare"], timings
     # the trials (network forward and backward) and the targets at least: JAX writes a program to the
     # persistent cache only if it took 0.2 s or more to compile (autodiff), and the smaller ones (a
     # stage's direction program: vector arithmetic) can compile faster on a quiet machine (a fresh-clone

@@ -207,6 +207,41 @@ def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
     coarse, fine = record["stages"]
     assert coarse["initial_octave_losses"][0] is None and coarse["initial_octave_losses"][1] > 0
     assert all(v > 0 for v in fine["initial_octave_losses"])
+    # where the time went: the first iteration (with its compilation) apart, the growth before each stage
+    # apart from the stage's own seconds, the run's phases in order of their share
+    for stage in record["stages"]:
+        assert stage["first_iteration_seconds"] >= stage["iteration_seconds"] > 0
+        assert stage["seconds"] >= stage["first_iteration_seconds"] + 8 * stage["iteration_seconds"]
+        assert stage["grow_seconds"] >= 0
+    timings = record["timings"]
+    assert timings["backend"] is None  # Keras was running in this process already: not timed here
+    assert timings["starting_loss"] > 0 and timings["prepare"] > 0 and timings["finish"] > 0
+    assert timings["optimise"] >= sum(s["seconds"] + s["grow_seconds"] for s in record["stages"])
+    assert timings["optimise"] >= timings["starting_loss"]
+    assert record["seconds"] >= timings["prepare"] + timings["optimise"] + timings["finish"]
+
+
+def test_startup_parts_add_up_to_the_start_up():
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench_cli", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = {"timings": {"backend": 2.0, "prepare": 5.0, "starting_loss": 1.5, "optimise": 30.0, "finish": 0.5},
+              "stages": [{"iterations": 10, "iteration_seconds": 0.5, "first_iteration_seconds": 3.0,
+                          "grow_seconds": 0},
+                         {"iterations": 0, "iteration_seconds": 0.0, "first_iteration_seconds": None,
+                          "grow_seconds": 0.25},  # a stage stopped before its first iteration
+                         {"iterations": 20, "iteration_seconds": 1.0, "first_iteration_seconds": 4.0,
+                          "grow_seconds": 0.75}],
+              "compilations": {"count": 7, "cache_hits": 0, "seconds": 6.0}}
+    iterating = 10 * 0.5 + 20 * 1.0
+    parts = bench.startup_parts(record, wall=40.0, iterating=iterating)
+    assert parts == {"backend": 2.0, "prepare": 3.0, "starting_loss": 1.5, "growths": 1.0,
+                     "first_iterations": 2.5 + 3.0, "finish": 0.5, "rest": 40.0 - 25.0 - 13.5, "compile": 6.0}
+    no_jax = {**record, "compilations": None, "timings": {**record["timings"], "backend": None}}
+    assert bench.startup_parts(no_jax, 40.0, iterating)["compile"] is None
 
 
 def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
