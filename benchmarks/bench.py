@@ -193,18 +193,21 @@ def one(network: str, size: int, iterations: int, warmup: int, extra: list[str])
     }
 
 
-def whole_run(size: int, network: str, extra: list[str], limit: float | None = None) -> dict:
+def whole_run(size: int, network: str, extra: list[str], limit: float | None = None, seed: str = "0") -> dict:
     """Wall time of a whole default run of ``size`` px as a user starts it (a fresh process:
     imports, weights, targets, compilation, 500 iterations, files), and its start-up: the wall
     time less each stage's iterations at their median time (run.json's ``stages``): imports,
     weights, targets, compilation, files. ``limit``: seconds after which the run is sent SIGTERM,
-    as a user stopping it would (it saves what it has, and its run.json says where the time went)."""
+    as a user stopping it would (it saves what it has, and its run.json says where the time went).
+    ``seed``: its --random-seed, or "none" for none (a seed also asks the GPU for deterministic
+    kernels, which changes what XLA compiles)."""
     import signal
     import tempfile
 
     with tempfile.TemporaryDirectory() as out, tempfile.TemporaryFile("w+") as log:
         command = [sys.executable, str(REPO / "synthesize.py"), "-s", str(EXAMPLE), "-ow", str(size),
-                   "--network", network, "--random-seed", "0", "-q", "--output-dir", out, *extra]
+                   "--network", network, *([] if seed == "none" else ["--random-seed", seed]), "-q",
+                   "--output-dir", out, *extra]
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
         stopped = False
@@ -373,6 +376,9 @@ def main(argv=None) -> int:
                         help="also time whole default runs of these sizes, as a user starts them, twice "
                         "(the second shows what a warm compilation cache saves)")
     parser.add_argument("--runs", type=int, default=2, help="--whole: runs of each size (cold, then warm cache)")
+    parser.add_argument("--whole-seed", default="0", metavar="SEED",
+                        help="--whole: the runs' --random-seed, or none (default 0; a seed also asks the GPU for "
+                             "deterministic kernels)")
     parser.add_argument("--whole-limit", type=float, default=None, metavar="SECONDS",
                         help="--whole: stop a run after this long (SIGTERM: it saves what it has, and the "
                              "start-up is still broken down)")
@@ -437,7 +443,7 @@ def main(argv=None) -> int:
     whole = []
     for size in args.whole or []:
         for attempt in ("first", "repeated", "third", "fourth")[:args.runs]:
-            r = whole_run(size, networks[0], extra, args.whole_limit)
+            r = whole_run(size, networks[0], extra, args.whole_limit, args.whole_seed)
             r["attempt"] = attempt
             whole.append(r)
             stopped = f", stopped after {args.whole_limit:g} s" if r["stopped_after_s"] else ""
