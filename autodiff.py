@@ -21,6 +21,7 @@ L-BFGS trial step, loss and gradient included, into one program.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -35,7 +36,12 @@ from errors import SynthesisError
 BACKENDS = ("tensorflow", "jax", "torch")  # the --backend choices, each also its package's name
 JAX_CACHE_ENV = "TEXTURE_JAX_CACHE"  # overrides the folder of JAX's persistent compilation cache
 
-_compilations = {"count": 0, "cache_hits": 0, "seconds": 0.0}
+_compilations = {"count": 0, "cache_hits": 0}
+# JAX's monitoring events whose time spans make up the time spent compiling: tracing, lowering, and
+# XLA's compilation (its GPU autotuning included) or reading the program from the persistent cache
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_spans: list[tuple[float, float]] = []  # (start, end) of each, nested ones included
 _backend_seconds: float | None = None  # init_backend's, once it has started Keras and the device
 # JAX's monitoring events whose durations make up the time spent compiling: tracing, lowering, XLA
 # (its GPU autotuning included), and reading a program from the persistent cache instead
@@ -137,8 +143,10 @@ def _configure(name: str) -> None:
     def on_duration(event: str, duration: float, **_kwargs) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
             _compilations["count"] += 1
+
+    def on_span(event: str, start: float, end: float, **_kwargs) -> None:
         if event in _COMPILE_EVENTS:
-            _compilations["seconds"] += duration
+            _compile_spans.append((start, end))
 
     def on_event(event: str, **_kwargs) -> None:
         if event == "/jax/compilation_cache/cache_hits":
@@ -146,6 +154,7 @@ def _configure(name: str) -> None:
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)
+    jax.monitoring.register_event_time_span_listener(on_span)
 
 
 def _cache_home() -> Path:
@@ -159,7 +168,18 @@ def compilations() -> dict | None:
     if backend_name() != "jax":
         return None
     return {"count": _compilations["count"], "cache_hits": _compilations["cache_hits"],
-            "seconds": round(_compilations["seconds"], 3)}
+            "seconds": round(covered_seconds(_compile_spans), 3)}
+
+
+def covered_seconds(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans: a span inside another (a function traced
+    while tracing the one that calls it, the cache read within a compilation) counts once."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def backend_name() -> str:

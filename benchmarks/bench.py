@@ -54,6 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "examples" / "gravel.png"
+WHOLE_GRACE_S = 60  # --whole-limit: seconds a stopped run has to save what it has before it is killed
 TTQ_FRACTIONS = (1e-4, 1e-5, 3e-6)  # time-to-quality thresholds, as fractions of the starting loss
 TTQ_MAX_ITER = 500  # --max-iter of the time-to-quality runs (the default; it sets the stage budgets)
 
@@ -210,21 +211,26 @@ def whole_run(size: int, network: str, extra: list[str], limit: float | None = N
                    "--output-dir", out, *extra]
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        stopped = False
+        stopped = killed = False
         while True:  # os.wait4: this child's own peak memory
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if limit is not None and not stopped and time.perf_counter() - start > limit:
+            elapsed = time.perf_counter() - start
+            if limit is not None and not stopped and elapsed > limit:
                 proc.send_signal(signal.SIGTERM)
                 stopped = True
+            if stopped and not killed and elapsed > limit + WHOLE_GRACE_S:  # deaf to it (inside a compilation)
+                proc.kill()
+                killed = True
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         runs = list(Path(out).glob("*/run.json"))
         if (proc.returncode != 0 and not stopped) or not runs:
             log.seek(0)
-            what = f"stopped after {limit:g} s before its optimisation began" if stopped else "failed"
+            what = ("failed" if not stopped else f"killed {WHOLE_GRACE_S} s after SIGTERM at {limit:g} s" if killed
+                    else f"stopped after {limit:g} s before its optimisation began")
             raise SystemExit(f"whole run {what}:\n{log.read()[-3000:]}")
         record = json.loads(runs[0].read_text())
     iterating = sum(stage["iterations"] * stage["iteration_seconds"] for stage in record["stages"])

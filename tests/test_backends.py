@@ -119,6 +119,14 @@ def test_tiled_run_takes_the_same_steps(backend, tmp_path):
     np.testing.assert_allclose(tiled["loss_history"], whole["loss_history"], rtol=1e-4)
 
 
+def test_compilation_time_counts_nested_spans_once():
+    from autodiff import covered_seconds
+
+    # a function traced inside the tracing of its caller, and a cache read inside a compilation
+    assert covered_seconds([(0.0, 10.0), (2.0, 3.0), (5.0, 12.0), (20.0, 21.0)]) == 13.0
+    assert covered_seconds([(4.0, 5.0), (1.0, 2.0)]) == 2.0 and covered_seconds([]) == 0.0
+
+
 @pytest.mark.skipif("jax" not in installed_backends(), reason="JAX is not installed")
 def test_jax_compiles_once_per_shape_not_per_iteration(tmp_path, monkeypatch):
     # each stage compiles its trial, direction and gradient-scaling programs once, the Gram targets
