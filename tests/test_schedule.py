@@ -214,7 +214,8 @@ def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
         assert stage["seconds"] >= stage["first_iteration_seconds"] + 8 * stage["iteration_seconds"]
         assert stage["grow_seconds"] >= 0
     timings = record["timings"]
-    assert timings["backend"] is None  # Keras was running in this process already: not timed here
+    # None when an earlier test of this process had started Keras already
+    assert timings["backend"] is None or 0 < timings["backend"] < timings["prepare"]
     assert timings["starting_loss"] > 0 and timings["prepare"] > 0 and timings["finish"] > 0
     assert timings["optimise"] >= sum(s["seconds"] + s["grow_seconds"] for s in record["stages"])
     assert timings["optimise"] >= timings["starting_loss"]
