@@ -86,6 +86,7 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
     a different one is already running in this process.
     """
     global _backend_seconds
+    _backend_seconds = None  # unless this call starts the backend
     name = backend or os.environ.get("KERAS_BACKEND") or BACKENDS[0]
     if name not in BACKENDS:
         raise SynthesisError(f"backend {name} (--backend or KERAS_BACKEND): not one this tool can "
@@ -119,8 +120,9 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
 
 
 def backend_seconds() -> float | None:
-    """Seconds this process spent importing Keras and its backend and starting the device, or None
-    when ``init_backend`` did not start them (Keras was running already)."""
+    """Seconds the last ``init_backend`` spent importing Keras and its backend and starting the
+    device, or None when it did not start them (Keras was running already: a second run in one
+    process)."""
     return None if _backend_seconds is None else round(_backend_seconds, 3)
 
 
