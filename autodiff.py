@@ -41,12 +41,8 @@ _compilations = {"count": 0, "cache_hits": 0}
 # XLA's compilation (its GPU autotuning included) or reading the program from the persistent cache
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-_compile_spans: list[tuple[float, float]] = []  # (start, end) of each, nested ones included
+_compile_spans: list[tuple[float, float]] = []  # (start, end) of each; counted as their union
 _backend_seconds: float | None = None  # init_backend's, once it has started Keras and the device
-# JAX's monitoring events whose durations make up the time spent compiling: tracing, lowering, XLA
-# (its GPU autotuning included), and reading a program from the persistent cache instead
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
 
 
 class DeviceOutOfMemory(SynthesisError):
@@ -113,8 +109,12 @@ def init_backend(backend: str | None = None, verbose: bool = False, deterministi
     with context:
         import keras  # noqa: F401
 
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
         _configure(name)
-        device_name()  # starts the device (TensorFlow's probing, JAX's client, torch's CUDA context)
+    device_name()  # starts JAX's client, torch's CUDA context: their warnings (no GPU found) stay visible
     _backend_seconds = time.perf_counter() - started
     return name
 
@@ -174,8 +174,9 @@ def compilations() -> dict | None:
 
 
 def covered_seconds(spans: list[tuple[float, float]]) -> float:
-    """Seconds covered by the union of (start, end) spans: a span inside another (a function traced
-    while tracing the one that calls it, the cache read within a compilation) counts once."""
+    """Seconds covered by the union of (start, end) spans: time two of them share counts once (a
+    compilation's own spans do not nest in JAX 0.10, but a program compiled while another is traced
+    would)."""
     total, reach = 0.0, -math.inf
     for start, end in sorted(spans):
         if end > reach:

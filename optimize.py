@@ -470,9 +470,11 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
     at_full_size = "at {1}x{0}".format(*problem.level_sizes[0])
     if levels != [0]:  # the run's starting loss is the full-size loss of the starting canvas
         started = time.perf_counter()
-        with autodiff.out_of_memory_as_error(at_full_size):
-            progress.initial_loss = problem.stage(0).evaluate(x)[0]
-        progress.starting_loss_seconds = round(time.perf_counter() - started, 4)
+        try:
+            with autodiff.out_of_memory_as_error(at_full_size):
+                progress.initial_loss = problem.stage(0).evaluate(x)[0]
+        finally:  # an interruption while it compiles: the time it took so far
+            progress.starting_loss_seconds = round(time.perf_counter() - started, 4)
     budgets = stage_budgets(max_iter - progress.start_iteration, len(levels))
     for number, (level, budget) in enumerate(zip(levels, budgets, strict=True)):
         if budget == 0 and level > 0:
@@ -524,7 +526,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                                     "initial_octave_losses": stage.initial_aux,
                                     "initial_loss": stage.initial_loss, "final_loss": stage.final_loss,
                                     "reduced_back": reduced_back,
-                                    "seconds": round(ticks[-1] - ticks[0], 4),
+                                    "seconds": round(time.perf_counter() - ticks[0], 4),  # a stopped one's too
                                     "iteration_seconds": round(median, 5),
                                     "grow_seconds": round(grow_seconds, 4),
                                     "first_iteration_seconds": round(ticks[1] - ticks[0], 4) if len(ticks) > 1

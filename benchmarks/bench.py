@@ -205,25 +205,30 @@ def whole_run(size: int, network: str, extra: list[str], limit: float | None = N
     import signal
     import tempfile
 
-    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryFile("w+", errors="replace") as log:
         command = [sys.executable, str(REPO / "synthesize.py"), "-s", str(EXAMPLE), "-ow", str(size),
                    "--network", network, *([] if seed == "none" else ["--random-seed", seed]), "-q",
                    "--output-dir", out, *extra]
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
         stopped = killed = False
-        while True:  # os.wait4: this child's own peak memory
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            elapsed = time.perf_counter() - start
-            if limit is not None and not stopped and elapsed > limit:
-                proc.send_signal(signal.SIGTERM)
-                stopped = True
-            if stopped and not killed and elapsed > limit + WHOLE_GRACE_S:  # deaf to it (inside a compilation)
-                proc.kill()
-                killed = True
-            time.sleep(0.05)
+        try:
+            while True:  # os.wait4: this child's own peak memory
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                elapsed = time.perf_counter() - start
+                if limit is not None and not stopped and elapsed > limit:
+                    proc.send_signal(signal.SIGTERM)
+                    stopped = True
+                if stopped and not killed and elapsed > limit + WHOLE_GRACE_S:  # deaf to it (compiling)
+                    proc.kill()
+                    killed = True
+                time.sleep(0.05)
+        except BaseException:  # the benchmark itself stopped: not its run either
+            proc.kill()
+            proc.wait()
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         runs = list(Path(out).glob("*/run.json"))
@@ -233,12 +238,13 @@ def whole_run(size: int, network: str, extra: list[str], limit: float | None = N
                     else f"stopped after {limit:g} s before its optimisation began")
             raise SystemExit(f"whole run {what}:\n{log.read()[-3000:]}")
         record = json.loads(runs[0].read_text())
-    iterating = sum(stage["iterations"] * stage["iteration_seconds"] for stage in record["stages"])
-    full_size = record["stages"][-1] if record["stages"] else {"iteration_seconds": math.nan}
+    stages = record.get("stages") or []  # a run killed outright: its last snapshot's record has none
+    iterating = sum(stage["iterations"] * stage["iteration_seconds"] for stage in stages)
+    full_size = stages[-1] if stages else {"iteration_seconds": math.nan}
     return {"size": size, "extra": extra, "wall_s": wall, "iterations": record["iterations"],
-            "stopped_after_s": limit if stopped else None,
+            "stopped_after_s": limit if record["status"] != "finished" and stopped else None,
             "iteration_s": full_size["iteration_seconds"], "startup_s": wall - iterating,
-            "startup": startup_parts(record, wall, iterating), "stages": record["stages"],
+            "startup": startup_parts(record, wall, iterating), "stages": stages,
             "compilations": record.get("compilations"),
             "backend": record["backend"], "device": record["device"], "final_loss": record["final_loss"],
             "peak_rss_gib": usage.ru_maxrss / 2**20, "memory": record.get("memory")}
@@ -249,17 +255,17 @@ def startup_parts(record: dict, wall: float, iterating: float) -> dict:
     backend (imports, the device), prepare (sources, weights, targets; less the backend), the
     coarse-to-fine run's full-size starting loss (its program's compilation), growths between
     stages, first iterations beyond a stage's median (the starting evaluation and, under JAX, the
-    stage's compilations), finish (final images, pictures), the rest (the interpreter, snapshots
-    waited for, iterations slower than their median) and compile (JAX: tracing, compiling and
-    cache reads, counted across the parts above)."""
-    timings, stages = record.get("timings") or {}, record["stages"]
+    stage's compilations; all of a stage stopped before its first iteration ended), finish (final
+    images, pictures), the rest (the interpreter, snapshots waited for, iterations slower than their
+    median) and compile (JAX: tracing, compiling and cache reads, counted across the parts above)."""
+    timings, stages = record.get("timings") or {}, record.get("stages") or []
     backend = timings.get("backend") or 0.0
     parts = {
         "backend": backend, "prepare": timings.get("prepare", 0.0) - backend,
         "starting_loss": timings.get("starting_loss") or 0.0,
         "growths": sum(stage.get("grow_seconds") or 0.0 for stage in stages),
-        "first_iterations": sum((stage.get("first_iteration_seconds") or 0.0) - stage["iteration_seconds"]
-                                for stage in stages if stage["iterations"]),
+        "first_iterations": sum(stage["first_iteration_seconds"] - stage["iteration_seconds"] if stage["iterations"]
+                                else stage["seconds"] for stage in stages),
         "finish": timings.get("finish", 0.0)}
     parts["rest"] = wall - iterating - sum(parts.values())
     parts["compile"] = (record.get("compilations") or {}).get("seconds")

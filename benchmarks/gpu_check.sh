@@ -5,10 +5,11 @@
 # same --random-seed twice, --tile, --count, --init-image, --resume, a NaN stop), the per-iteration
 # benchmark at 512, 1024 and 2048 px, an out-of-memory stop, a tiled evaluation (whole vs tiled at 1024 px),
 # an 8192 px tiled run of 3 iterations within 30% of the GPU's memory, torch's benchmark at 512 and 1024 px.
-# The whole of it takes longer than a 15-minute lease: DEADLINE skips the steps that would start after it.
-# Run from the repo root:
+# The whole of it takes longer than a 15-minute lease: DEADLINE skips the steps that would start after it,
+# END (seconds) cuts the last one short. Run from the repo root:
 #
-#     WEIGHTS=DIR STEP_LIMIT=240 DEADLINE=460 bash benchmarks/gpu_check.sh [quick] 2>&1 | tee $OUT/log.txt
+#     WEIGHTS=DIR DEADLINE=430 END=570 FEATURES_jax="resume nan" bash benchmarks/gpu_check.sh [quick] \
+#         2>&1 | tee $OUT/log.txt
 #
 # WEIGHTS: a folder with vgg_normalised.pth (whole, or trimmed: python3 vgg16.py --output DIR/...);
 # quick: small sizes, for trying the script on a CPU. Where the GPU machine cannot fetch packages,
@@ -21,13 +22,18 @@ if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
 fi
 export PYTHONUNBUFFERED=1 TEXTURE_JAX_CACHE=/tmp/jaxcache TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+rm -rf /tmp/f /tmp/jaxcache /tmp/jaxcache-*  # a rerun on the same machine starts cold again
 D="-d $WEIGHTS --network vgg19"
 if [ -n "$QUICK" ]; then D="$D -p reflect"; SIZES="128 256"; WHOLE=128; SMALL=64; BIG=512; ITERS=3; else SIZES="512 1024 2048"; WHOLE=1024; SMALL=128; BIG=2048; ITERS=10; fi
-# Each step is held to STEP_LIMIT seconds, and none starts after DEADLINE seconds (a device lease is short).
-STEP_LIMIT=${STEP_LIMIT:-240}; DEADLINE=${DEADLINE:-100000}
+# A device lease is short: each step is held to LIMIT (given before it) or STEP_LIMIT seconds, and to what is
+# left of END; none starts after DEADLINE. A step deaf to SIGTERM is killed 20 s later.
+STEP_LIMIT=${STEP_LIMIT:-240}; DEADLINE=${DEADLINE:-100000}; END=${END:-100000}
 step() {
   if [ $SECONDS -gt $DEADLINE ]; then echo "=== skipped (past ${DEADLINE} s): $*"; return; fi
-  echo "=== $*"; local t0=$SECONDS; timeout $STEP_LIMIT "$@"; echo "--- rc=$? $((SECONDS - t0)) s"
+  local limit=${LIMIT:-$STEP_LIMIT} t0=$SECONDS
+  [ $((END - SECONDS - 25)) -lt $limit ] && limit=$((END - SECONDS - 25))
+  if [ $limit -lt 5 ]; then echo "=== skipped (END at ${END} s is near): $*"; return; fi
+  echo "=== $*"; timeout -k 20 $limit "$@"; echo "--- rc=$? $((SECONDS - t0)) s"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 KERAS_BACKEND=jax python3 -c "import keras, jax, torch; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
@@ -36,20 +42,24 @@ echo "=== whole default runs at $WHOLE px: cold cache, cold without a seed, warm
 # Each is stopped by SIGTERM after its limit; it saves what it has, and its start-up is still broken down.
 # A --random-seed (the benchmark's 0) sets --xla_gpu_deterministic_ops, which limits the kernels XLA may
 # pick and autotune; the run without a seed compiles as a user's default run (no seed) does.
+# The step's LIMIT leaves bench.py time for the run's own 60 s to save after SIGTERM, and to report.
 W="--no-table --whole $WHOLE --runs 1 --extra"
-TEXTURE_JAX_CACHE=/tmp/jaxcache-whole step python3 benchmarks/bench.py --whole-limit 180 $W "$D" --json $OUT/whole_cold.json
-TEXTURE_JAX_CACHE=/tmp/jaxcache-noseed \
+TEXTURE_JAX_CACHE=/tmp/jaxcache-whole LIMIT=240 \
+  step python3 benchmarks/bench.py --whole-limit 150 $W "$D" --json $OUT/whole_cold.json
+TEXTURE_JAX_CACHE=/tmp/jaxcache-noseed LIMIT=210 \
   step python3 benchmarks/bench.py --whole-seed none --whole-limit 120 $W "$D" --json $OUT/whole_noseed.json
-TEXTURE_JAX_CACHE=/tmp/jaxcache-whole step python3 benchmarks/bench.py --whole-limit 90 $W "$D" --json $OUT/whole_warm.json
+TEXTURE_JAX_CACHE=/tmp/jaxcache-whole LIMIT=150 \
+  step python3 benchmarks/bench.py --whole-limit 60 $W "$D" --json $OUT/whole_warm.json
 unset KERAS_BACKEND
 # Every feature at $SMALL px on each backend; FEATURES_jax / FEATURES_torch choose (plain is the others' base).
 S="-s examples/gravel.png $D -ow $SMALL -m 12 -q --random-seed 3 -p reflect -o 3"
 ALL="plain plain2 tile count init resume nan"
+has() { [[ "$features" == *" $1 "* ]]; }  # the features asked of this backend
 for b in torch jax; do
   features=FEATURES_$b; features=" plain ${!features:-$ALL} "
-  has() { [[ "$features" == *" $1 "* ]]; }
   step python3 synthesize.py $S --backend $b --output-dir /tmp/f/$b/plain
   a=$(ls /tmp/f/$b/plain/*/final_F0000.png 2>/dev/null)
+  [ -n "$a" ] || features=$(echo "$features" | sed 's/ plain2 / /; s/ init / /; s/ resume / /')  # need its result
   if has plain2; then
     step python3 synthesize.py $S --backend $b --output-dir /tmp/f/$b/plain2
     c=$(ls /tmp/f/$b/plain2/*/final_F0000.png 2>/dev/null)

@@ -122,7 +122,7 @@ def test_tiled_run_takes_the_same_steps(backend, tmp_path):
 def test_compilation_time_counts_nested_spans_once():
     from autodiff import covered_seconds
 
-    # a function traced inside the tracing of its caller, and a cache read inside a compilation
+    # time two spans share counts once; a span inside another adds nothing
     assert covered_seconds([(0.0, 10.0), (2.0, 3.0), (5.0, 12.0), (20.0, 21.0)]) == 13.0
     assert covered_seconds([(4.0, 5.0), (1.0, 2.0)]) == 2.0 and covered_seconds([]) == 0.0
 

@@ -211,7 +211,7 @@ def test_real_coarse_to_fine_run(tmp_path: Path, padding: str):
     # apart from the stage's own seconds, the run's phases in order of their share
     for stage in record["stages"]:
         assert stage["first_iteration_seconds"] >= stage["iteration_seconds"] > 0
-        assert stage["seconds"] >= stage["first_iteration_seconds"] + 8 * stage["iteration_seconds"]
+        assert stage["seconds"] >= stage["first_iteration_seconds"] + 5 * stage["iteration_seconds"]
         assert stage["grow_seconds"] >= 0
     timings = record["timings"]
     # None when an earlier test of this process had started Keras already
@@ -233,16 +233,21 @@ def test_startup_parts_add_up_to_the_start_up():
               "stages": [{"iterations": 10, "iteration_seconds": 0.5, "first_iteration_seconds": 3.0,
                           "grow_seconds": 0},
                          {"iterations": 0, "iteration_seconds": 0.0, "first_iteration_seconds": None,
-                          "grow_seconds": 0.25},  # a stage stopped before its first iteration
+                          "grow_seconds": 0.25, "seconds": 1.25},  # stopped before its first iteration ended
                          {"iterations": 20, "iteration_seconds": 1.0, "first_iteration_seconds": 4.0,
                           "grow_seconds": 0.75}],
               "compilations": {"count": 7, "cache_hits": 0, "seconds": 6.0}}
     iterating = 10 * 0.5 + 20 * 1.0
     parts = bench.startup_parts(record, wall=40.0, iterating=iterating)
     assert parts == {"backend": 2.0, "prepare": 3.0, "starting_loss": 1.5, "growths": 1.0,
-                     "first_iterations": 2.5 + 3.0, "finish": 0.5, "rest": 40.0 - 25.0 - 13.5, "compile": 6.0}
+                     "first_iterations": 2.5 + 3.0 + 1.25, "finish": 0.5, "rest": 40.0 - 25.0 - 14.75,
+                     "compile": 6.0}
     no_jax = {**record, "compilations": None, "timings": {**record["timings"], "backend": None}}
     assert bench.startup_parts(no_jax, 40.0, iterating)["compile"] is None
+    # a run killed outright: its last snapshot's record has neither timings nor stages
+    assert bench.startup_parts({"iterations": 30}, 40.0, 0.0) == {
+        "backend": 0.0, "prepare": 0.0, "starting_loss": 0.0, "growths": 0.0, "first_iterations": 0.0,
+        "finish": 0.0, "rest": 40.0, "compile": None}
 
 
 def test_resume_keeps_the_recorded_schedule_and_level(tmp_path):
