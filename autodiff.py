@@ -156,7 +156,10 @@ def _configure(name: str) -> None:
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)
-    jax.monitoring.register_event_time_span_listener(on_span)
+    listen_to_spans = getattr(jax.monitoring, "register_event_time_span_listener", None)  # older JAX lacks it
+    if listen_to_spans is not None:
+        listen_to_spans(on_span)
+        _compilations["timed"] = True
 
 
 def _cache_home() -> Path:
@@ -165,12 +168,13 @@ def _cache_home() -> Path:
 
 def compilations() -> dict | None:
     """JAX only: {"count": XLA compilations so far, "cache_hits": programs read from the
-    persistent cache, "seconds": spent tracing, compiling and reading programs from the cache};
-    None on the other backends (they do not compile per op)."""
+    persistent cache, "seconds": spent tracing, compiling and reading programs from the cache (None
+    where this JAX does not report time spans)}; None on the other backends (they do not compile
+    per op)."""
     if backend_name() != "jax":
         return None
-    return {"count": _compilations["count"], "cache_hits": _compilations["cache_hits"],
-            "seconds": round(covered_seconds(_compile_spans), 3)}
+    seconds = round(covered_seconds(_compile_spans), 3) if _compilations.get("timed") else None
+    return {"count": _compilations["count"], "cache_hits": _compilations["cache_hits"], "seconds": seconds}
 
 
 def covered_seconds(spans: list[tuple[float, float]]) -> float:
