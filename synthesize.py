@@ -635,6 +635,9 @@ class Interrupted(BaseException):
         self.exit_status = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
 
 
+_signalled: list[int] = []  # the signal signals_interrupt has turned into Interrupted, once one came
+
+
 @contextlib.contextmanager
 def signals_interrupt():
     """While the body runs, the first SIGINT or SIGTERM raises Interrupted; later ones are ignored,
@@ -642,11 +645,11 @@ def signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    raised = []
+    _signalled.clear()
 
     def handler(signum, frame):
-        if not raised:
-            raised.append(signum)
+        if not _signalled:
+            _signalled.append(signum)
             raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -655,6 +658,14 @@ def signals_interrupt():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def raise_if_signalled() -> None:
+    """Raise Interrupted again for a signal whose exception Python swallowed: one that arrived while
+    the garbage collector ran a finalizer (exceptions there are only printed). Called once per
+    iteration, so such a signal still stops the optimisation at the next one."""
+    if _signalled:
+        raise Interrupted(_signalled[0])
 
 
 # ----------------------------------------------------------------------------
@@ -1007,6 +1018,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
             write_json(run_dir / "run.json", record)
 
     def on_iteration(progress: Progress) -> None:
+        raise_if_signalled()
         i = progress.iterations
         if i % args.save_every == 0:
             writer.submit(save_frames, lambda f: snapshot_file(i, f), progress.best_x)
