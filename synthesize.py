@@ -762,8 +762,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from pyramid import gaussian_pyramid, level_sizes, source_pyramids
     from images import load_rgb, resize
     from seeds import image_start, starting_images
-    from vgg16 import (build_extractor, layer_name, layer_names, load_network_weights, pixel_bounds, preprocess,
-                       require_layers)
+    from vgg16 import (build_extractor, download_vgg16_weights, layer_name, layer_names, load_network_weights,
+                       pixel_bounds, preprocess, require_layers)
 
     autodiff.init_backend(args.backend, verbose=args.debug, deterministic=args.random_seed is not None)
     warnings: list[str] = []  # shown by run once every check has passed (an error stays one line)
@@ -773,7 +773,8 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     if animated:
         check_if_shift(args.if_shift, sources)
 
-    loaded = load_network_weights(args.network, Path(args.data_dir), log=log)
+    loaded = load_network_weights(args.network, Path(args.data_dir), log=log,
+                                  download=functools.partial(download_vgg16_weights, quiet=args.quiet))
     network = loaded.network
     names = layer_names(network)
     for layer in args.layers:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import socket
 import sys
@@ -321,12 +322,13 @@ def _socket_timeout(seconds: float):
 
 def download_vgg16_weights(
     directory: Path, url: str = VGG16_WEIGHTS_URL, md5: str | None = VGG16_WEIGHTS_MD5,
-    timeout: float = DOWNLOAD_TIMEOUT_S,
+    timeout: float = DOWNLOAD_TIMEOUT_S, quiet: bool = False,
 ) -> Path:
     """Download the VGG16 weights into ``directory`` through Keras' ``get_file``.
 
-    Every socket operation is bounded by ``timeout`` seconds. Returns the file's
-    path; raises SynthesisError when the download fails.
+    Every socket operation is bounded by ``timeout`` seconds. Keras' report of
+    the download goes to stderr, or nowhere when ``quiet`` (--quiet). Returns
+    the file's path; raises SynthesisError when the download fails.
     """
     import keras
 
@@ -336,7 +338,7 @@ def download_vgg16_weights(
     directory.mkdir(parents=True, exist_ok=True)
     try:
         # Keras reports download progress on stdout; stdout is kept for results
-        with _socket_timeout(timeout), contextlib.redirect_stdout(sys.stderr):
+        with _socket_timeout(timeout), contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr):
             path = keras.utils.get_file(
                 VGG16_WEIGHTS_FILE, origin=url, file_hash=md5, hash_algorithm="md5",
                 cache_dir=str(directory), cache_subdir=".",

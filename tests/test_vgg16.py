@@ -223,6 +223,18 @@ def test_download_through_keras_into_data_dir(vgg16_file, http_dir, tmp_path, no
     np.testing.assert_array_equal(loaded.weights["block3_conv2"][0], written["block3_conv2"][0])
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_download_reports_on_stderr_unless_quiet(vgg16_file, http_dir, tmp_path, capsys, quiet):
+    path, _ = vgg16_file
+    served, base = http_dir
+    (served / path.name).write_bytes(path.read_bytes())
+    got = vgg16.download_vgg16_weights(tmp_path, url=f"{base}/{path.name}", md5=None, timeout=5, quiet=quiet)
+    assert got.read_bytes() == path.read_bytes()
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is kept for results
+    assert ("Downloading data from" in err) is not quiet
+
+
 def test_download_with_wrong_hash_leaves_nothing(vgg16_file, http_dir, tmp_path):
     path, _ = vgg16_file
     served, base = http_dir
