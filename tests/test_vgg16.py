@@ -235,6 +235,23 @@ def test_download_reports_on_stderr_unless_quiet(vgg16_file, http_dir, tmp_path,
     assert ("Downloading data from" in err) is not quiet
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cli_passes_quiet_to_the_download(tmp_path, monkeypatch, no_download, quiet):
+    import synthesize
+
+    asked = []
+
+    def download(directory, quiet=False):
+        asked.append(quiet)
+        raise SynthesisError("downloading x failed (no network)")
+
+    monkeypatch.setattr(vgg16, "download_vgg16_weights", download)
+    argv = ["-s", str(EXAMPLE), "--network", "vgg16", "-d", str(tmp_path / "weights"),
+            "--output-dir", str(tmp_path / "out")] + ["-q"] * quiet
+    assert synthesize.main(argv) != 0  # no VGG16 weights: a clear error, after one download tried
+    assert asked == [quiet]
+
+
 def test_download_with_wrong_hash_leaves_nothing(vgg16_file, http_dir, tmp_path):
     path, _ = vgg16_file
     served, base = http_dir
