@@ -502,6 +502,8 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                 reduced = autodiff.compile(lambda image: gaussian_pyramid(image, level + 1, problem.padding)[level])
                 with autodiff.out_of_memory_as_error(at_full_size):
                     x = autodiff.to_numpy(reduced(autodiff.to_device(x)))
+            elif level == top and problem.first_start is not None:  # made for this stage: the sources in pieces
+                x = problem.first_start
             else:  # noise: resampled, so that it stays noise of full contrast
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time

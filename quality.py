@@ -1,5 +1,6 @@
 """Measurements that judge a result beyond its final loss: frames at the border, wrap seams, colours
-the source lacks, and what each coarse-to-fine growth did to the coarse octaves."""
+the source lacks, how much of the source it copies, and what each coarse-to-fine growth did to the
+coarse octaves."""
 
 from __future__ import annotations
 
@@ -123,6 +124,33 @@ def colour_outliers_against_source(rgb: np.ndarray, source: np.ndarray, threshol
     top, left = (other.shape[0] - h) // 2, (other.shape[1] - w) // 2
     crop = other[top:top + h, left:left + w]
     return colour_outlier_share(rgb, reference, threshold), colour_outlier_share(crop, reference, threshold)
+
+
+def _squares(rgb: np.ndarray, side: int, stride: int) -> np.ndarray:
+    """(n, side * side * 3) float32: the side x side squares of ``rgb`` (H, W, 3), every ``stride`` px."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(rgb, np.float32), (side, side), axis=(0, 1))
+    return windows[::stride, ::stride].reshape(-1, 3 * side * side)  # (the order of the values is the same for all)
+
+
+def nearest_square_distances(rgb: np.ndarray, source: np.ndarray, side: int = 16, stride: int = 4,
+                             candidates: int = 8, components: int = 48) -> np.ndarray:
+    """For each ``side`` x ``side`` square of ``rgb`` (H, W, 3), every ``stride`` px: the RMS distance
+    (RGB units 0-255) to the nearest square of ``source`` (h, w, 3) at any position. 0 where the
+    image copies the source; a new texture keeps its distance. Shape (n,).
+
+    Approximate: the ``candidates`` nearest in ``components`` principal components of the source's
+    squares (scipy's k-d tree), of which the nearest is measured exactly.
+    """
+    from scipy.spatial import cKDTree
+
+    library = _squares(source, side, 1)
+    mean = library.mean(axis=0)
+    basis = np.linalg.svd(library[::max(1, len(library) // 5000)] - mean, full_matrices=False)[2][:components]
+    tree = cKDTree((library - mean) @ basis.T)
+    queries = _squares(rgb, side, stride)
+    _, index = tree.query((queries - mean) @ basis.T, k=min(candidates, len(library)))
+    index = index.reshape(len(queries), -1)
+    return np.array([np.sqrt(np.mean((library[i] - q) ** 2, axis=1)).min() for q, i in zip(queries, index)])
 
 
 def growth_damage(record: dict, window: int = 10) -> list[dict]:

@@ -9,7 +9,8 @@ from vgg16 import CAFFE_MEAN_BGR, pixel_bounds
 
 FULL_RANGE = pixel_bounds()  # RGB 0..255 in caffe space, the default bounds of the starts
 
-SEED_MODES = ("random", "dark", "symmetric")
+SEED_MODES = ("random", "noise", "dark", "symmetric")
+PIECE = 8  # coarse-to-fine's random start: the side of each piece of the sources, in coarsest-level pixels
 DARK_LEVEL = 10.0  # the original's random start: noise around this pixel value (0..255)
 SYMMETRIC_SIGMA = 30.0  # blur of the symmetric start, in pixels
 SYMMETRIC_GAIN = 1500.0  # brings the blurred noise back to a visible amplitude
@@ -30,6 +31,27 @@ def colour_noise_start(rng: np.random.Generator, count: int, height: int, width:
     mix = eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))  # mix @ mix.T == covariance
     noise = rng.standard_normal((count, height, width, 3), dtype=np.float32)
     return (noise @ mix.T.astype(np.float32) + mean.astype(np.float32)).astype(np.float32)
+
+
+def piece_start(rng: np.random.Generator, count: int, height: int, width: int, sources: list[np.ndarray],
+                piece: int) -> np.ndarray:
+    """A collage of square pieces of the sources. Shape (count, H, W, 3), the sources' dtype.
+
+    ``sources``: images (H_i, W_i, 3). The canvas is cut into a grid of squares of side ``piece``
+    (those of the last row and column cut short); each is a copy of a square from a random place in
+    a random source, the same for every frame only by chance. ``piece`` larger than a source's
+    shorter side is brought down to it.
+    """
+    piece = min(piece, *(min(s.shape[:2]) for s in sources))
+    out = np.empty((count, height, width, 3), sources[0].dtype)
+    for frame in out:
+        for top in range(0, height, piece):
+            for left in range(0, width, piece):
+                source = sources[rng.integers(len(sources))]
+                row, col = rng.integers(source.shape[0] - piece + 1), rng.integers(source.shape[1] - piece + 1)
+                square = source[row:row + piece, col:col + piece]
+                frame[top:top + piece, left:left + piece] = square[:height - top, :width - left]
+    return out
 
 
 def dark_start(rng: np.random.Generator, count: int, height: int, width: int,
@@ -72,16 +94,20 @@ def image_start(image: np.ndarray, count: int, margin: int, canvas: tuple[int, i
 
 
 def starting_images(mode: str, rng: np.random.Generator, count: int, height: int, width: int,
-                    sources: list[np.ndarray], bounds: tuple = FULL_RANGE
+                    sources: list[np.ndarray], bounds: tuple = FULL_RANGE, piece: int | None = None
                     ) -> np.ndarray:
     """The ``--seed`` start of the given mode, shape (count, H, W, 3), caffe space.
 
-    ``sources``: the caffe-space source images (H, W, 3); ``random`` takes the
-    colour statistics of all their pixels. ``bounds``: (low, high), each (3,), caffe space: the
-    pixel values allowed (``vgg16.pixel_bounds``), which ``dark`` starts just above the low end of
-    and ``symmetric`` is mapped onto.
+    ``sources``: the caffe-space source images (H, W, 3); ``noise`` takes the colour statistics of
+    all their pixels (``colour_noise_start``), and so does ``random``, unless given a ``piece`` side
+    in pixels (coarse-to-fine's start): then it is a collage of the sources in pieces of that side
+    (``piece_start``). ``bounds``: (low, high), each (3,), caffe space: the pixel values allowed
+    (``vgg16.pixel_bounds``), which ``dark`` starts just above the low end of and ``symmetric`` is
+    mapped onto.
     """
-    if mode == "random":
+    if mode == "random" and piece is not None:
+        return piece_start(rng, count, height, width, [np.asarray(s, np.float32) for s in sources], piece)
+    if mode in ("random", "noise"):
         pixels = np.concatenate([s.reshape(-1, 3) for s in sources]).astype(np.float64)
         return colour_noise_start(rng, count, height, width, pixels)
     if mode == "dark":

@@ -156,8 +156,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "to the brightest value of that channel in the sources: a grey photo of 63..207 gives no "
                        "whites), full (0..255, as the original did) (default: %(default)s)")
     optim.add_argument("--seed", choices=SEED_MODES, default="random",
-                       help="How to seed the optimization: random (noise with the source's mean colour and "
-                       "contrast), dark (the original's dark noise), symmetric (smooth mirror-symmetric grey)")
+                       help="How to seed the optimization: random (coarse-to-fine: the sources' coarsest "
+                       "pyramid level in random pieces; plain: as noise), noise (noise with the source's mean "
+                       "colour and contrast), dark (the original's dark noise), symmetric (smooth "
+                       "mirror-symmetric grey) (default: %(default)s)")
     optim.add_argument("--random-seed", type=int, default=None,
                        help="Seed of the random number generators; the same command with the same seed "
                        "gives the same images on the same machine at 256 px, nearly the same (pixels apart) "
@@ -715,6 +717,8 @@ class Problem:
     random_seed: int
     padding: str  # the synthesised image's padding mode (circular with --tile or --canvas wrap): the pyramid's geometry
     x0_is_image: bool  # x0 is an image (--init-image, --resume), not noise
+    start: dict  # what the run starts from (run.json's "start"): {"from": "image"}, {"from": SEED MODE}, or
+    # {"from": "pieces", "level": L, "piece": P}: coarse-to-fine's random start, the sources in pieces (first_start)
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
     plan: Callable | None = None  # first level -> memory.Plan of that stage: whole or in tiles
     tile_progress: TileProgress | None = None  # told how far a tiled evaluation has got
@@ -723,6 +727,7 @@ class Problem:
     left_out: list = field(default_factory=list)  # (level, layer) terms of too few positions, weight 0
     coarsest: int | None = None  # the coarsest level with a Gram term: where coarse-to-fine starts
     detail: Callable | None = None  # --growth keep or detail: detail.DetailGrowth of the sources; None: enlarge only
+    first_start: object = None  # coarse-to-fine's first canvas (level ``coarsest``), if not x0's: the sources in pieces
 
     def grow(self, x, level: int) -> tuple:
         """Coarse-to-fine: the canvas ``x`` (numpy (count, h, w, 3)) of level ``level`` + 1, grown into
@@ -759,9 +764,9 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from detail import DetailGrowth
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import gaussian_pyramid, level_sizes, source_pyramids
+    from pyramid import gaussian_pyramid, level_sizes, resize_images, source_pyramids
     from images import load_rgb, resize
-    from seeds import image_start, starting_images
+    from seeds import PIECE, image_start, starting_images
     from vgg16 import (build_extractor, download_vgg16_weights, layer_name, layer_names, load_network_weights,
                        pixel_bounds, preprocess, require_layers)
 
@@ -858,8 +863,10 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                            args.padding_mode, args.octaves), args.join_mode, args.mul)
     targets = [autodiff.to_device(t) for t in host_targets]  # uploaded once, constants of every stage's program
     grow_detail = args.growth in ("keep", "detail") and args.schedule == "coarse-to-fine"
+    # coarse-to-fine's random start: its first stage starts from the sources' coarsest level, in pieces
+    pieces = init_rgb is None and args.seed == "random" and args.schedule == "coarse-to-fine" and coarsest > 0
     source_levels = (source_pyramids(caffe_sources, args.octaves, args.padding_mode)
-                     if args.colour_weight or grow_detail else [])
+                     if args.colour_weight or grow_detail or pieces else [])
     colour_targets = make_colour_targets(source_levels, sizes) if args.colour_weight else []
     if padding != args.padding_mode:  # --tile or a wrap canvas: the same weights, wrapping around
         extractor = build_extractor(network, loaded.weights, layers, padding)
@@ -915,19 +922,26 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
 
         return Minimiser(loss_fn, (args.count, *sizes[first], 3), bounds, plan.pairs)
 
+    first_start = None
     if init_rgb is not None:
-        x0 = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin,
-                         (canvas_height, canvas_width))
+        x0, start = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin,
+                                (canvas_height, canvas_width)), {"from": "image"}
+    elif pieces:  # x0, its enlargement, is what the run's starting loss and Aseed picture show
+        first_start = starting_images(args.seed, rng, args.count, *sizes[coarsest],
+                                      [levels[coarsest] for levels in source_levels], bounds, PIECE)
+        x0, start = resize_images(first_start, (canvas_height, canvas_width)), {"from": "pieces", "level": coarsest,
+                                                                                 "piece": PIECE}
     else:
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources, bounds)
+        start = {"from": args.seed}
     x0 = np.clip(x0, *bounds)  # pixels stay in --pixel-range throughout (see optimise)
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,
                                      padding=padding),
-                   x0, margin, seed, padding, init_rgb is not None, interframe, plan_of, tile_progress,
+                   x0, margin, seed, padding, init_rgb is not None, start, interframe, plan_of, tile_progress,
                    (budget, budget_of), warnings, [(level, layers[k]) for level, k in left_out], coarsest,
                    DetailGrowth(source_levels, args.padding_mode, seed, bounds, args.growth == "keep")
-                   if grow_detail else None)
+                   if grow_detail else None, first_start)
 
 
 def source_grams(images, plans, extractor, network: str, layers, padding: str, octaves: int) -> list[list]:
@@ -999,6 +1013,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], reporter) -> dict:
         "sources": [str(p) for p, _ in problem.sources], "output_dir": str(run_dir),
         "resumed_from": args.resume, "start_iteration": args.start_iteration, "warnings": problem.warnings,
         "left_out_terms": [{"level": level, "layer": layer} for level, layer in problem.left_out],
+        "start": problem.start,
     }
 
     writer = BackgroundWriter()  # snapshots and their run.json, while the optimisation goes on

@@ -128,9 +128,10 @@ def anim_run_args(output_dir: Path, *extra: str) -> list[str]:
     # --if-shift 1: neighbours are then much closer (about 20) than independent textures (about 55).
     # --if-order 1: in a loop of 3 frames, frames 2 apart are also 1 apart the other way round, so
     # order 2 would ask the same pairs for two distances. --min-positions 1: every Gram matrix counts
-    # (the second octave gives block3_conv2 one position), so the loss is gram.style_loss's.
+    # (the second octave gives block3_conv2 one position), so the loss is gram.style_loss's. --seed noise:
+    # frames that start as the noise per_frame_style_losses makes again.
     return ["-s", str(EXAMPLE), "-ow", str(SIDE), "-o", str(OCTAVES), "-m", str(ITERATIONS), "-n", "10",
-            "--network", "vgg19", "--output-dir", str(output_dir), "--random-seed", "0",
+            "--network", "vgg19", "--output-dir", str(output_dir), "--random-seed", "0", "--seed", "noise",
             "-c", str(FRAMES), "--if-shift", "1", "--if-order", "1", "--margin", "0", "--min-positions", "1",
             *extra]
 
@@ -165,7 +166,7 @@ def per_frame_style_losses(vgg19, example_rgb):
     layers = ["block1_pool", "block3_conv2"]
     extractor = build_extractor("vgg19", vgg19.weights, layers, "valid")
     targets = source_targets([preprocess(example_rgb)], extractor, OCTAVES, "valid", "average")
-    x0 = starting_images("random", np.random.default_rng(0), FRAMES, SIDE, SIDE, [preprocess(example_rgb)])
+    x0 = starting_images("noise", np.random.default_rng(0), FRAMES, SIDE, SIDE, [preprocess(example_rgb)])
     x0 = np.clip(x0, *pixel_bounds([preprocess(example_rgb)]))  # clipped to the source's range, as the optimiser
     losses = [float(style_loss(multiscale_grams(frame[None], extractor, OCTAVES, "valid"), targets))
               for frame in x0]

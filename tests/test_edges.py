@@ -79,7 +79,8 @@ def _wrap_problem(tmp_path, *flags: str):
     from synthesize import parse_args, prepare
 
     args = parse_args(["-s", str(REPO / "examples" / "gravel.png"), "-sw", "128", "-ow", "41", "-oh", "40", "-o", "2",
-                       "--network", "vgg19", "--random-seed", "0", "--output-dir", str(tmp_path), *flags])
+                       "--network", "vgg19", "--random-seed", "0", "--seed", "noise", "--output-dir", str(tmp_path),
+                       *flags])  # (noise: a canvas with detail everywhere, whose rolling an open canvas sees)
     return args, prepare(args, log=lambda message: None)
 
 
@@ -301,6 +302,34 @@ def test_colour_outlier_share_closed_forms():
     image[2, :2] = (12, 12, 12)  # 20.8 units from black
     assert colour_outlier_share(image, reference) == pytest.approx(7 / 100)
     assert colour_outlier_share(image, reference, threshold=25) == 0
+
+
+def test_nearest_square_distances_closed_forms(tmp_path, capsys):
+    """A piece of the source copies it (0 everywhere); that piece brightened by 20 is 20 from it (the
+    source's other squares are far); noise of the same range is far from every square of it."""
+    import importlib.util
+
+    from PIL import Image
+
+    from quality import nearest_square_distances
+
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0, 200, (40, 48, 3))
+    piece = source[5:29, 7:31]
+    copied = nearest_square_distances(piece, source, side=8, stride=2)
+    assert copied.shape == (9 * 9,) and copied.max() == pytest.approx(0, abs=1e-3)
+    np.testing.assert_allclose(nearest_square_distances(piece + 20, source, side=8, stride=2), 20, rtol=1e-4)
+    assert nearest_square_distances(rng.uniform(0, 200, (24, 24, 3)), source, side=8, stride=2).min() > 50
+    spec = importlib.util.spec_from_file_location("nearest_squares_cli", REPO / "benchmarks" / "nearest_squares.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    Image.fromarray(source.astype(np.uint8)).save(tmp_path / "source.png")
+    Image.fromarray(piece.astype(np.uint8)).save(tmp_path / "piece.png")
+    assert cli.main([str(tmp_path / "source.png"), str(tmp_path / "piece.png"), "--side", "8"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].split("\t")[1:] == ["0.0", "100.0%", "100.0%"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(tmp_path / "none.png"), str(tmp_path / "piece.png")])
+    assert "SOURCE" in str(exit_.value.code) and "\n" not in str(exit_.value.code)
 
 
 def test_colour_outliers_against_the_sources_other_half():

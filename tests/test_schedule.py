@@ -47,6 +47,7 @@ class QuadraticProblem:
         self.octaves = octaves
         self.padding = "reflect"
         self.x0_is_image = False
+        self.first_start = None
         self.stages_built = []
         self.first_x = {}  # level -> the first image its stage evaluated
 
@@ -144,6 +145,18 @@ def test_a_resumed_image_is_brought_down_through_the_pyramid():
     optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(start_iteration=5), start_level=1)
     expected = np.asarray(gaussian_pyramid(problem.x0, 2, "reflect")[1])
     np.testing.assert_allclose(problem.first_x[1], np.clip(expected, -103.939, 151.061), rtol=1e-5)
+
+
+def test_the_first_stage_starts_from_the_canvas_made_for_it():
+    # --seed random with coarse-to-fine: the sources in pieces at the coarsest level, not x0 resampled
+    problem = QuadraticProblem(16, 3)
+    problem.first_start = np.random.default_rng(1).uniform(-50, 50, (1, 4, 4, 3)).astype(np.float32)
+    optimise(problem, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress())
+    np.testing.assert_array_equal(problem.first_x[2], problem.first_start)
+    resumed = QuadraticProblem(16, 3)  # a resumed run (its x0 an image) carries on from that image
+    resumed.first_start, resumed.x0_is_image = problem.first_start, True
+    optimise(resumed, "coarse-to-fine", 3, 30, 0.0, lambda p: None, Progress(start_iteration=5), start_level=2)
+    assert not np.array_equal(resumed.first_x[2], problem.first_start)
 
 
 def test_stages_without_iterations_are_skipped_and_growth_goes_one_level_at_a_time():

@@ -86,6 +86,33 @@ def test_the_symmetric_start_is_mapped_onto_the_range_allowed():
     assert np.mean((rgb_mapped <= 63) | (rgb_mapped >= 207)) == np.mean((rgb_full <= 0) | (rgb_full >= 255))
 
 
+def test_the_random_start_given_a_piece_side_is_the_sources_in_pieces():
+    """Coarse-to-fine's random start: every square of the grid (those of the last row and column cut
+    short) is a copy of a square of one of the sources; both sources are drawn from; the frames
+    differ; a piece larger than a source is brought down to its side."""
+    from seeds import starting_images
+
+    rng = np.random.default_rng(3)
+    sources = [rng.uniform(-100, 100, shape).astype(np.float32) for shape in ((30, 40, 3), (24, 24, 3))]
+
+    def found_in(square) -> set:
+        """The sources (their indices) holding ``square`` (h, w, 3) somewhere, exactly."""
+        h, w = square.shape[:2]
+        return {k for k, s in enumerate(sources) for i in range(s.shape[0] - h + 1) for j in range(s.shape[1] - w + 1)
+                if np.array_equal(s[i:i + h, j:j + w], square)}
+
+    x = starting_images("random", np.random.default_rng(0), 2, 50, 45, sources, piece=10)
+    assert x.shape == (2, 50, 45, 3) and x.dtype == np.float32
+    drawn = [found_in(frame[top:top + 10, left:left + 10])
+             for frame in x for top in range(0, 50, 10) for left in range(0, 45, 10)]
+    assert all(len(k) == 1 for k in drawn)  # each square copied whole from one source
+    assert set().union(*drawn) == {0, 1} and not np.array_equal(x[0], x[1])
+    small = starting_images("random", np.random.default_rng(0), 1, 30, 30, sources[1:], piece=64)
+    assert all(found_in(small[0, top:top + 24, left:left + 24]) == {1} for top in (0, 24) for left in (0, 24))
+    noise = starting_images("random", np.random.default_rng(0), 1, 30, 30, sources)  # no piece side: noise
+    assert not found_in(noise[0, :3, :3])
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_model_is_truncated_and_sizes_match(vgg19, padding):
     outputs = ["block1_pool", "block3_conv2"]
