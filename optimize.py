@@ -441,7 +441,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
              coarsest: int | None = None) -> Progress:
     """Run L-BFGS as ``--schedule`` says; ``on_iteration(progress)`` after every iteration.
 
-    ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``level_sizes``, ``padding``,
+    ``problem``: synthesize.Problem (its ``x0``, ``x0_is_image``, ``first_start``, ``level_sizes``, ``padding``,
     ``stage(level)``, the ``Minimiser`` of each stage's loss, and ``grow(x, level)`` -> (the grown
     image, per frame whether it was reduced back or None), recorded as the stage's ``reduced_back``).
     ``max_iter`` counts from the run's start; ``progress.start_iteration`` of them are done

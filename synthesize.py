@@ -716,7 +716,7 @@ class Problem:
     margin: int  # hidden border, pixels per side, cropped away when saving
     random_seed: int
     padding: str  # the synthesised image's padding mode (circular with --tile or --canvas wrap): the pyramid's geometry
-    x0_is_image: bool  # x0 is an image (--init-image, --resume), not noise
+    x0_is_image: bool  # x0 is an image (--init-image, --resume): coarse stages start from its pyramid levels
     start: dict  # what the run starts from (run.json's "start"): {"from": "image"}, {"from": SEED MODE}, or
     # {"from": "pieces", "level": L, "piece": P}: coarse-to-fine's random start, the sources in pieces (first_start)
     interframe: dict | None = None  # animation: target and unrelated distances (run.json's "interframe")
@@ -727,7 +727,8 @@ class Problem:
     left_out: list = field(default_factory=list)  # (level, layer) terms of too few positions, weight 0
     coarsest: int | None = None  # the coarsest level with a Gram term: where coarse-to-fine starts
     detail: Callable | None = None  # --growth keep or detail: detail.DetailGrowth of the sources; None: enlarge only
-    first_start: object = None  # coarse-to-fine's first canvas (level ``coarsest``), if not x0's: the sources in pieces
+    first_start: object = None  # coarse-to-fine's first canvas, (count, h, w, 3) float32 caffe space at level
+    # ``coarsest``, where it is not made from x0: the sources in pieces (x0 is then its enlargement)
 
     def grow(self, x, level: int) -> tuple:
         """Coarse-to-fine: the canvas ``x`` (numpy (count, h, w, 3)) of level ``level`` + 1, grown into
@@ -764,7 +765,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from detail import DetailGrowth
     from tiles import TiledLoss, tile_level
     from optimize import Minimiser
-    from pyramid import gaussian_pyramid, level_sizes, resize_images, source_pyramids
+    from pyramid import expand_to, gaussian_pyramid, level_sizes, source_pyramids
     from images import load_rgb, resize
     from seeds import PIECE, image_start, starting_images
     from vgg16 import (build_extractor, download_vgg16_weights, layer_name, layer_names, load_network_weights,
@@ -926,14 +927,15 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     if init_rgb is not None:
         x0, start = image_start(preprocess(resize(init_rgb, height, width)), args.count, margin,
                                 (canvas_height, canvas_width)), {"from": "image"}
-    elif pieces:  # x0, its enlargement, is what the run's starting loss and Aseed picture show
-        first_start = starting_images(args.seed, rng, args.count, *sizes[coarsest],
-                                      [levels[coarsest] for levels in source_levels], bounds, PIECE)
-        x0, start = resize_images(first_start, (canvas_height, canvas_width)), {"from": "pieces", "level": coarsest,
-                                                                                 "piece": PIECE}
-    else:
+    elif pieces:  # x0, its enlargement (as snapshots are), is what the starting loss and Aseed picture show
+        coarse = [levels[coarsest] for levels in source_levels]
+        piece = min(PIECE, *(min(level.shape[:2]) for level in coarse))  # (piece_start's own limit)
+        first_start = starting_images(args.seed, rng, args.count, *sizes[coarsest], coarse, bounds, piece)
+        x0 = expand_to(first_start, sizes, coarsest, padding)
+        start = {"from": "pieces", "level": coarsest, "piece": piece}
+    else:  # (random without pieces: noise)
         x0 = starting_images(args.seed, rng, args.count, canvas_height, canvas_width, caffe_sources, bounds)
-        start = {"from": args.seed}
+        start = {"from": "noise" if args.seed == "random" else args.seed}
     x0 = np.clip(x0, *bounds)  # pixels stay in --pixel-range throughout (see optimise)
     return Problem(network, loaded.source, layers, sources, stage, sizes,
                    functools.partial(multiscale_features, extractor=extractor, octaves=args.octaves,

@@ -32,7 +32,10 @@ def main(argv=None) -> int:
     try:
         source = load_rgb(args.source, "SOURCE")
         for path in args.images:
-            distances = nearest_square_distances(load_rgb(path, "IMAGE"), source, args.side)
+            image = load_rgb(path, "IMAGE")
+            if min(*image.shape[:2], *source.shape[:2]) < args.side:
+                raise SynthesisError(f"{path} or {args.source}: smaller than --side {args.side}")
+            distances = nearest_square_distances(image, source, args.side)
             print(f"{path}\t{np.median(distances):.1f}\t{np.mean(distances < 8):.1%}\t{np.mean(distances < 12):.1%}",
                   flush=True)
     except SynthesisError as err:

@@ -75,12 +75,13 @@ def test_canvas_side_closed_forms():
     assert canvas_side(40, 16, 8) == 72 and canvas_side(41, 16, 8) == 80
 
 
-def _wrap_problem(tmp_path, *flags: str):
+def _wrap_problem(tmp_path, *flags: str, seed: str | None = "noise"):
+    """A prepared 41x40 problem (``seed``: --seed; noise by default: a canvas with detail everywhere)."""
     from synthesize import parse_args, prepare
 
+    seeded = ["--seed", seed] if seed else []
     args = parse_args(["-s", str(REPO / "examples" / "gravel.png"), "-sw", "128", "-ow", "41", "-oh", "40", "-o", "2",
-                       "--network", "vgg19", "--random-seed", "0", "--seed", "noise", "--output-dir", str(tmp_path),
-                       *flags])  # (noise: a canvas with detail everywhere, whose rolling an open canvas sees)
+                       "--network", "vgg19", "--random-seed", "0", *seeded, "--output-dir", str(tmp_path), *flags])
     return args, prepare(args, log=lambda message: None)
 
 
@@ -327,9 +328,42 @@ def test_nearest_square_distances_closed_forms(tmp_path, capsys):
     Image.fromarray(piece.astype(np.uint8)).save(tmp_path / "piece.png")
     assert cli.main([str(tmp_path / "source.png"), str(tmp_path / "piece.png"), "--side", "8"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].split("\t")[1:] == ["0.0", "100.0%", "100.0%"]
-    with pytest.raises(SystemExit) as exit_:
-        cli.main([str(tmp_path / "none.png"), str(tmp_path / "piece.png")])
-    assert "SOURCE" in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+    for argv, named in [([str(tmp_path / "none.png"), str(tmp_path / "piece.png")], "SOURCE"),
+                        ([str(tmp_path / "source.png"), str(tmp_path / "piece.png"), "--side", "32"], "--side 32")]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert named in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+
+
+@pytest.mark.parametrize("flags, start", [
+    ([], {"from": "pieces", "level": 1, "piece": 8}),  # coarse-to-fine's random start
+    (["--seed", "noise"], {"from": "noise"}),
+    (["--schedule", "plain"], {"from": "noise"}),  # random without a coarse stage: noise
+    (["-o", "1"], {"from": "noise"}),
+    (["--seed", "dark"], {"from": "dark"}),
+])
+def test_prepare_records_what_the_run_starts_from(tmp_path, flags, start):
+    """The default start is the sources' coarsest level (here level 1 of a 128 px source) in 8 px
+    pieces, each a square of it, and x0 its enlargement; the others start from x0 itself."""
+    from pyramid import expand_to, source_pyramids
+    from vgg16 import preprocess
+
+    args, problem = _wrap_problem(tmp_path, *flags, seed=None)
+    assert problem.start == start
+    if start["from"] != "pieces":
+        assert problem.first_start is None
+        return
+    level = problem.level_sizes[1]
+    assert problem.first_start.shape == (1, *level, 3)
+    (source,) = [levels[1] for levels in source_pyramids([preprocess(rgb) for _, rgb in problem.sources], 2, "valid")]
+    for top in range(0, level[0] - 8, 8):
+        for left in range(0, level[1] - 8, 8):
+            square = problem.first_start[0, top:top + 8, left:left + 8]
+            assert any(np.allclose(source[i:i + 8, j:j + 8], square, atol=1e-3)
+                       for i in range(source.shape[0] - 7) for j in range(source.shape[1] - 7))
+    low, high = problem.stage(0).low, problem.stage(0).high  # the pixel bounds
+    enlarged = expand_to(problem.first_start, problem.level_sizes, 1, "circular")
+    np.testing.assert_allclose(problem.x0, np.clip(enlarged, low, high), atol=1e-3)
 
 
 def test_colour_outliers_against_the_sources_other_half():
