@@ -33,16 +33,22 @@ def colour_noise_start(rng: np.random.Generator, count: int, height: int, width:
     return (noise @ mix.T.astype(np.float32) + mean.astype(np.float32)).astype(np.float32)
 
 
+def piece_side(piece: int, sources: list[np.ndarray]) -> int:
+    """The side ``piece_start`` cuts: ``piece``, brought down to the shorter side of the smallest of
+    ``sources`` (images (H_i, W_i, 3)) where that is smaller."""
+    return min(piece, *(min(s.shape[:2]) for s in sources))
+
+
 def piece_start(rng: np.random.Generator, count: int, height: int, width: int, sources: list[np.ndarray],
                 piece: int) -> np.ndarray:
     """A collage of square pieces of the sources. Shape (count, H, W, 3), the sources' dtype.
 
     ``sources``: images (H_i, W_i, 3). The canvas is cut into a grid of squares of side ``piece``
     (those of the last row and column cut short); each is a copy of a square from a random place in
-    a random source, the same for every frame only by chance. ``piece`` larger than a source's
-    shorter side is brought down to it.
+    a random source, the same for every frame only by chance; ``piece`` as ``piece_side`` brings it
+    down.
     """
-    piece = min(piece, *(min(s.shape[:2]) for s in sources))
+    piece = piece_side(piece, sources)
     out = np.empty((count, height, width, 3), sources[0].dtype)
     for frame in out:
         for top in range(0, height, piece):

@@ -767,7 +767,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
     from optimize import Minimiser
     from pyramid import expand_to, gaussian_pyramid, level_sizes, source_pyramids
     from images import load_rgb, resize
-    from seeds import PIECE, image_start, starting_images
+    from seeds import PIECE, image_start, piece_side, starting_images
     from vgg16 import (build_extractor, download_vgg16_weights, layer_name, layer_names, load_network_weights,
                        pixel_bounds, preprocess, require_layers)
 
@@ -929,7 +929,7 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], optimised: boo
                                 (canvas_height, canvas_width)), {"from": "image"}
     elif pieces:  # x0, its enlargement (as snapshots are), is what the starting loss and Aseed picture show
         coarse = [levels[coarsest] for levels in source_levels]
-        piece = min(PIECE, *(min(level.shape[:2]) for level in coarse))  # (piece_start's own limit)
+        piece = piece_side(PIECE, coarse)
         first_start = starting_images(args.seed, rng, args.count, *sizes[coarsest], coarse, bounds, piece)
         x0 = expand_to(first_start, sizes, coarsest, padding)
         start = {"from": "pieces", "level": coarsest, "piece": piece}
