@@ -39,6 +39,7 @@ MEMORY = 10  # correction pairs L-BFGS keeps (scipy's default)
 ARMIJO = 1e-4  # sufficient decrease: the loss must fall by this fraction of what its slope promises
 CURVATURE = 0.9  # and the slope along the step must have flattened to this fraction (weak Wolfe)
 MAX_TRIALS = 20  # step lengths the line search tries before giving up
+DRIFT_WINDOW = 10  # coarse-to-fine: iterations after a growth whose coarse levels are compared with the last stage's
 LossFn = Callable  # keras.ops: x -> (scalar loss, aux (k,) tensor of values to report)
 
 
@@ -425,6 +426,31 @@ def lbfgs(
                                                             on_iteration=on_iteration, progress=progress)
 
 
+def drift_program(padding: str, depth: int, skip: int) -> Callable:
+    """(x, previous) -> (depth - skip,) float32: how far each coarser pyramid level of the canvas ``x``
+    (count, h, w, 3), levels ``skip`` .. ``depth`` - 1, lies from the previous stage's result
+    ``previous`` (the canvas of level ``skip`` below x's) and its own levels, as the RMS difference
+    in pixel values (0-255), finest first (``padding``: the canvas's, so that the sizes agree)."""
+    from keras import ops
+
+    from pyramid import gaussian_pyramid
+
+    def drift(x, previous):
+        levels = zip(gaussian_pyramid(x, depth, padding)[skip:], gaussian_pyramid(previous, depth - skip, padding),
+                     strict=True)
+        return ops.stack([ops.sqrt(ops.mean(ops.square(a - b))) for a, b in levels])
+
+    return drift
+
+
+def coarse_drift(previous: np.ndarray, padding: str, depth: int, skip: int) -> Callable:
+    """A grown stage's measure of what it keeps of the previous stage's result ``previous`` (numpy,
+    the canvas of level ``skip`` below the stage's): canvas tensor -> [RMS difference at each coarser
+    level, finest first] (``drift_program``, one program on the device; a few numbers back)."""
+    program, previous = autodiff.compile(drift_program(padding, depth, skip)), autodiff.to_device(previous)
+    return lambda x: [float(v) for v in autodiff.to_numpy(program(x, previous))]
+
+
 def stage_budgets(max_iter: int, stages: int) -> list[int]:
     """Iterations of each coarse-to-fine stage, coarsest first: the full-size stage gets half of
     ``max_iter``, the coarser stages share the rest equally (they cost 4x, 16x, ... less each)."""
@@ -487,7 +513,10 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
         evaluations_before = progress.evaluations
         ticks = [time.perf_counter()]  # the stage's start, then the end of each iteration
 
+        drift, drifts = None, []  # after a growth: the coarse levels' drift (coarse_drift), grown and per iteration
+
         def forward(stage_progress: Progress) -> None:
+            nonlocal drift
             ticks.append(time.perf_counter())
             progress.loss_history.append(stage_progress.loss_history[-1])
             if stage_progress.aux_history:
@@ -495,6 +524,10 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             progress.evaluations = evaluations_before + stage_progress.evaluations
             progress.current = stage_progress.current
             on_iteration(progress)
+            if drift is not None:  # after the bookkeeping: a failure here loses no iteration
+                drifts.append(drift(stage_progress.current))
+                if len(drifts) > DRIFT_WINDOW:
+                    drift = None  # lets go of the previous result on the device
 
         growing = time.perf_counter()
         if x_level is None:  # the starting image, brought down to this stage's size:
@@ -508,14 +541,19 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time
             with autodiff.out_of_memory_as_error(f"growing the image to {w}x{h}"):
+                previous = (x, x_level)
                 for finer in range(x_level - 1, level - 1, -1):
                     x, reduced_back = problem.grow(x, finer)
-        x_level = level
-        ticks[0] = time.perf_counter()  # the growth is timed apart
-        grow_seconds = ticks[0] - growing
+        grow_seconds = time.perf_counter() - growing  # the growth is timed apart
+        grown, x_level = x_level is not None, level
         try:
             with autodiff.out_of_memory_as_error(f"at {w}x{h}"):
-                problem.stage(level).run(x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage)
+                minimiser = problem.stage(level)
+                if grown:  # what the stage starts from (clipped into the bounds) against the last result
+                    drift = coarse_drift(previous[0], problem.padding, top - level + 1, previous[1] - level)
+                    drifts.append(drift(minimiser.to_device(x)))
+                ticks[0] = time.perf_counter()
+                minimiser.run(x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage)
         finally:
             if len(levels) == 1:
                 progress.initial_loss = stage.initial_loss
@@ -528,6 +566,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                                     "initial_octave_losses": stage.initial_aux,
                                     "initial_loss": stage.initial_loss, "final_loss": stage.final_loss,
                                     "reduced_back": reduced_back,
+                                    "coarse_drift": drifts or None,
                                     "seconds": round(time.perf_counter() - ticks[0], 4),  # a stopped one's too
                                     "iteration_seconds": round(median, 5),
                                     "grow_seconds": round(grow_seconds, 4),

@@ -159,15 +159,23 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
     ended with, right after the growth (``after_growth``) and at worst during the stage's first
     ``window`` iterations (``first_iterations``); each a list over the coarse octaves (k > the
     stage's level), finest first. 1 means kept; 100 means a hundredfold worse. ``reduced_back``:
-    the stage's record of it (per frame, or None: not tried, or a run from before it)."""
+    the stage's record of it (per frame, or None: not tried, or a run from before it). The same
+    for the picture (``drift_after``, ``drift_first``, from the stage's ``coarse_drift``): how far
+    each coarser pyramid level of the canvas lies from the previous stage's result, RMS in pixel
+    values (0-255, over all frames; 0 means kept), finest first; a run records it for its first
+    ``optimize.DRIFT_WINDOW`` iterations only; None for a run from before it."""
     history, done, rows, previous = record["octave_loss_history"], 0, [], None
     for stage in record.get("stages", []):  # (written when a run ends: none while it runs or if killed)
         n, level = stage["iterations"], stage["level"]
         if previous is not None and n:
             coarse = [k for k in range(level + 1, len(previous)) if previous[k]]
             start = stage.get("initial_octave_losses") or [None] * len(previous)
+            drift = stage.get("coarse_drift")
             rows.append({
                 "level": level,
+                "drift_after": drift[0] if drift else None,
+                "drift_first": [max(d[j] for d in drift[1:window + 1]) for j in range(len(drift[0]))]
+                if drift and len(drift) > 1 else None,
                 "after_growth": [start[k] / previous[k] if start[k] is not None else None for k in coarse],
                 "first_iterations": [max(history[done + i][k] for i in range(min(window, n))) / previous[k]
                                      for k in coarse],
@@ -178,10 +186,12 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
     return rows
 
 
-def worst_growth(rows: list[dict]) -> tuple[float | None, float | None]:
-    """The largest multiple over all growths and coarse octaves of ``growth_damage``'s rows:
-    (right after a growth, during a stage's first iterations); None where there is none (a plain
-    run, or a growth without its starting losses)."""
-    after = [r for row in rows for r in row["after_growth"] if r is not None]
-    first = [r for row in rows for r in row["first_iterations"]]
+def worst_growth(rows: list[dict], keys: tuple[str, str] = ("after_growth", "first_iterations")
+                 ) -> tuple[float | None, float | None]:
+    """The largest value over all growths and coarse octaves of ``growth_damage``'s rows: (right
+    after a growth, during a stage's first iterations), the losses' multiples or, with ``keys``
+    ("drift_after", "drift_first"), the pictures' drift; None where there is none (a plain run, or
+    a growth without its record)."""
+    after = [r for row in rows for r in row[keys[0]] or [] if r is not None]
+    first = [r for row in rows for r in row[keys[1]] or []]
     return (max(after) if after else None), (max(first) if first else None)

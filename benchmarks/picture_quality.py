@@ -13,8 +13,9 @@ luminance and contrast ratios of the 4 px and 12 px border bands over the centre
 (``quality.frame_ratios``: 1 = no frame); what the coarse-to-fine growths did to the coarse octaves'
 losses at worst, right after a growth and in a stage's first 10 iterations, as multiples of what
 the previous stage left them at (``quality.worst_growth``, see ``benchmarks/growth.py``; "-" for a
-plain run); the run's final Gram loss and its seconds; and, once every run is done, the picture's
-own Gram loss (``picture_alone``). Prints Markdown tables and writes them as JSON beside the runs.
+plain run), and how far the picture's coarse levels then lay from the previous stage's result
+(drift: RMS in pixel values); the run's final Gram loss and its seconds; and, once every run is
+done, the picture's own Gram loss (``picture_alone``). Prints Markdown tables and writes them as JSON beside the runs.
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ def run(source: Path, size: int, options: list[str], out: Path) -> dict:
     record_path = next(out.glob("*/run.json"))
     record = json.loads(record_path.read_text())
     image = Path(record["output_dir"]) / "final_F0000.png"
-    growth, first_iterations = worst_growth(growth_damage(record))
+    rows = growth_damage(record)
+    growth, first_iterations = worst_growth(rows)
+    drift, drift_first = worst_growth(rows, ("drift_after", "drift_first"))
     return {"gram_loss": record.get("final_gram_loss", record["final_loss"]), "seconds": record["seconds"],
             **measure(source, image), "growth": growth, "growth_first_iterations": first_iterations,
+            "drift": drift, "drift_first_iterations": drift_first,
             "image": str(image), "record": str(record_path)}
 
 
@@ -108,8 +112,8 @@ def main(argv=None) -> int:
     variants = args.variant or [""]
     rows = []
     print("| source | variant | outliers | source crop | whole source | lum 4 | contrast 4 | lum 12 | contrast 12 | "
-          "growth | first 10 | Gram loss | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "growth | first 10 | drift | drift first 10 | Gram loss | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for source in args.sources:
         for number, variant in enumerate(variants):
             out = args.output_dir / f"{source.stem}.{args.size}.v{number}"
@@ -122,6 +126,8 @@ def main(argv=None) -> int:
                   f"{row['outliers_whole_source']:.3%} | "
                   + " | ".join(f"{row[f'{k}_{b}']:.2f}" for b in BANDS for k in ("luminance", "contrast"))
                   + f" | {multiple(row['growth'])} | {multiple(row['growth_first_iterations'])}"
+                  + "".join(" | -" if row[k] is None else f" | {row[k]:.2f}"
+                            for k in ("drift", "drift_first_iterations"))
                   + f" | {row['gram_loss']:.3g} | {row['seconds']:.0f} |", flush=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     table = args.output_dir / f"picture_quality.{args.size}.json"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLE
-from optimize import Minimiser, Progress, optimise, stage_budgets
+from optimize import DRIFT_WINDOW, Minimiser, Progress, coarse_drift, optimise, stage_budgets
 from vgg16 import pixel_bounds
 from pyramid import expand, resize_images
 from synthesize import main
@@ -180,9 +180,22 @@ def test_growth_damage_compares_each_stage_with_the_last_iteration_before_it():
                                       [5.0, 0.5, 6.0], [3.0, 3.0, 2.0], [1.0, 9.0, 8.0]]}
     # octave 1 had no stage of its own before (level 1 was skipped): only octave 2 is compared
     (row,) = growth_damage(record, window=2)
-    assert row == {"level": 0, "after_growth": [2.0], "first_iterations": [3.0], "reduced_back": None}
+    assert row == {"level": 0, "after_growth": [2.0], "first_iterations": [3.0], "reduced_back": None,
+                   "drift_after": None, "drift_first": None}  # a run from before the pictures' drift was recorded
     assert growth_damage(record, window=3)[0]["first_iterations"] == [4.0]
     assert growth_damage({"octave_loss_history": []}) == []  # a run still going: no stages yet
+
+
+def test_growth_damage_reads_the_pictures_drift_after_the_growth_and_at_worst_in_the_window():
+    from quality import growth_damage
+
+    record = {"stages": [{"level": 1, "iterations": 1, "initial_octave_losses": [None, 1.0]},
+                         {"level": 0, "iterations": 3, "initial_octave_losses": [5.0, 1.0],
+                          "coarse_drift": [[0.5], [2.0], [4.0], [1.0]]}],  # grown, then per iteration
+              "octave_loss_history": [[None, 1.0], [4.0, 2.0], [3.0, 3.0], [2.0, 1.5]]}
+    (row,) = growth_damage(record, window=2)
+    assert row["drift_after"] == [0.5] and row["drift_first"] == [4.0]
+    assert growth_damage(record, window=1)[0]["drift_first"] == [2.0]
 
 
 def test_worst_growth_is_the_largest_multiple_over_growths_and_octaves():
@@ -193,6 +206,58 @@ def test_worst_growth_is_the_largest_multiple_over_growths_and_octaves():
     assert worst_growth(rows) == (7.0, 40.0)
     assert worst_growth([]) == (None, None)  # a plain run: no growths
     assert worst_growth([{"level": 0, "after_growth": [None], "first_iterations": [2.0]}]) == (None, 2.0)
+    drifts = [{"drift_after": [0.0], "drift_first": [1.5]}, {"drift_after": [0.1, 0.0], "drift_first": [0.7, 2.5]}]
+    assert worst_growth(drifts, ("drift_after", "drift_first")) == (0.1, 2.5)
+    assert worst_growth([{"drift_after": None, "drift_first": None}], ("drift_after", "drift_first")) == (None, None)
+
+
+def test_coarse_drift_is_the_rms_difference_at_every_coarser_level():
+    # circular padding and a kernel summing to 1: adding c to the canvas adds c to every level
+    from pyramid import gaussian_pyramid
+
+    canvas = np.random.default_rng(3).uniform(-50, 50, (1, 32, 32, 3)).astype(np.float32)
+    previous = np.asarray(gaussian_pyramid(canvas, 2, "circular")[1])  # the last stage's result, 16 px
+    drift = coarse_drift(previous, "circular", depth=4, skip=1)  # levels 1-3 of a 32 px canvas
+    np.testing.assert_allclose(drift(canvas), [0, 0, 0], atol=1e-4)
+    np.testing.assert_allclose(drift(canvas + 5.0), [5, 5, 5], rtol=1e-5)
+    # detail finer than the coarser levels hold moves none of them: the generating kernel's
+    # response is 0 at the highest frequency, so a checkerboard added to the canvas reduces to 0
+    checkerboard = 8.0 * (-1.0) ** np.add.outer(np.arange(32), np.arange(32))[None, :, :, None]
+    np.testing.assert_allclose(drift(canvas + checkerboard.astype(np.float32)), [0, 0, 0], atol=1e-4)
+    # a change of one level's frequency moves that level and, reduced further, less below it
+    stripes = 8.0 * np.cos(np.pi / 2 * np.arange(32))[None, None, :, None]  # period 4: Nyquist of level 1
+    moved = drift(canvas + stripes.astype(np.float32))
+    assert moved[0] > 1 and moved[1] == pytest.approx(0, abs=1e-4)
+
+
+def test_each_grown_stage_records_how_far_its_coarse_levels_are_from_the_last_result():
+    # the quadratic stand-in grows by enlarging alone: right after the growth, the drift is what
+    # reducing the enlargement loses of the previous stage's result; then one entry per iteration
+    from pyramid import gaussian_pyramid
+
+    problem = QuadraticProblem(32, 3)
+    iterates = {}  # canvas side -> its stage's iterates
+    progress = optimise(problem, "coarse-to-fine", 3, 60, 0.0,
+                        lambda p: iterates.setdefault(p.best_x.shape[1], []).append(p.best_x.copy()), Progress())
+    first, second, third = progress.stages
+    assert first["coarse_drift"] is None  # nothing before it
+    assert len(second["coarse_drift"]) == len(third["coarse_drift"]) == DRIFT_WINDOW + 1
+    assert [len(d) for d in third["coarse_drift"]] == [2] * (DRIFT_WINDOW + 1)  # levels 1 and 2
+    previous = iterates[16][-1]  # the 16 px stage's result, and its level below (8 px)
+    below = np.asarray(gaussian_pyramid(previous, 2, "reflect")[1])
+
+    def rms(a, b):
+        return np.sqrt(np.mean((np.asarray(a) - b) ** 2))
+
+    def drift(canvas):
+        levels = gaussian_pyramid(canvas, 3, "reflect")
+        return [rms(levels[1], previous), rms(levels[2], below)]
+
+    grown = np.clip(expand(previous, (32, 32), "reflect"), *pixel_bounds())
+    np.testing.assert_allclose(third["coarse_drift"][0], drift(grown), rtol=1e-4)
+    for k in (1, DRIFT_WINDOW):  # after the first and the last iteration of the window
+        np.testing.assert_allclose(third["coarse_drift"][k], drift(iterates[32][k - 1]), rtol=1e-4)
+    assert third["coarse_drift"][1] != third["coarse_drift"][DRIFT_WINDOW]
 
 
 # ---------------------------------------------------------------- real runs
