@@ -541,7 +541,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
                 x = resize_images(x, (h, w))
         else:  # the previous stage's result, grown one pyramid level at a time
             with autodiff.out_of_memory_as_error(f"growing the image to {w}x{h}"):
-                previous = (x, x_level)
+                previous, previous_level = x, x_level
                 for finer in range(x_level - 1, level - 1, -1):
                     x, reduced_back = problem.grow(x, finer)
         grow_seconds = time.perf_counter() - growing  # the growth is timed apart
@@ -550,7 +550,7 @@ def optimise(problem, schedule: str, octaves: int, max_iter: int, tol: float,
             with autodiff.out_of_memory_as_error(f"at {w}x{h}"):
                 minimiser = problem.stage(level)
                 if grown:  # what the stage starts from (clipped into the bounds) against the last result
-                    drift = coarse_drift(previous[0], problem.padding, top - level + 1, previous[1] - level)
+                    drift = coarse_drift(previous, problem.padding, top - level + 1, previous_level - level)
                     drifts.append(drift(minimiser.to_device(x)))
                 ticks[0] = time.perf_counter()
                 minimiser.run(x, max_iter=budget, tol=tol, on_iteration=forward, progress=stage)

@@ -174,8 +174,8 @@ def growth_damage(record: dict, window: int = 10) -> list[dict]:
             rows.append({
                 "level": level,
                 "drift_after": drift[0] if drift else None,
-                "drift_first": [max(d[j] for d in drift[1:window + 1]) for j in range(len(drift[0]))]
-                if drift and len(drift) > 1 else None,
+                "drift_first": [max(level) for level in zip(*drift[1:window + 1])] if drift and len(drift) > 1
+                else None,
                 "after_growth": [start[k] / previous[k] if start[k] is not None else None for k in coarse],
                 "first_iterations": [max(history[done + i][k] for i in range(min(window, n))) / previous[k]
                                      for k in coarse],

@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("records", nargs="+", type=Path, help="run.json files")
     parser.add_argument("--window", type=int, default=10,
-                        help="first iterations of a stage to look at (the picture's drift: at most the 10 a run records)")
+                        help="first iterations of a stage to look at (the picture's drift: at most the 10 "
+                             "a run records)")
     args = parser.parse_args(argv)
     print("run\tlevel\tafter growth\tworst in the first iterations\tpicture after growth (RMS)\t"
           "picture, worst in the first iterations\treduced back (--growth keep)")
