@@ -643,7 +643,9 @@ _signalled: list[int] = []  # the signal signals_interrupt has turned into Inter
 @contextlib.contextmanager
 def signals_interrupt():
     """While the body runs, the first SIGINT or SIGTERM raises Interrupted; later ones are ignored,
-    so that saving the result after the first one is not cut short."""
+    so that saving the result after the first one is not cut short. An Interrupted that Python
+    cannot raise (in a finalizer or a garbage-collector callback, such as JAX's) is not printed as
+    a traceback: ``raise_if_signalled`` raises it again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -654,10 +656,16 @@ def signals_interrupt():
             _signalled.append(signum)
             raise Interrupted(signum)
 
+    def unraisable(info):
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, old)
 
